@@ -1,0 +1,52 @@
+"""Typed domain events for Django.
+
+The public API is ``__all__``; every other name is private and may change.
+"""
+
+from __future__ import annotations
+
+from .bridge import ModelEvents, OnChange, OnCreate, OnDelete
+from .catalog import EventSpec
+from .dispatcher import EventDispatcher, event_handler, get_event_dispatcher
+from .envelope import ActorType, Event, current_event
+from .exceptions import (
+    CatalogConflictError,
+    EventBusError,
+    EventSchemaError,
+    ImproperlyConfiguredCatalog,
+    InvalidHandlerError,
+    PayloadTooLargeError,
+    UnknownEventTypeError,
+)
+from .signals import event_published
+
+__all__ = [
+    "ActorType",
+    "CatalogConflictError",
+    "Event",
+    "EventBusError",
+    "EventDispatcher",
+    "EventSchemaError",
+    "EventSpec",
+    "ImproperlyConfiguredCatalog",
+    "InvalidHandlerError",
+    "ModelEvents",
+    "OnChange",
+    "OnCreate",
+    "OnDelete",
+    "PayloadTooLargeError",
+    "UnknownEventTypeError",
+    "apublish",
+    "current_event",
+    "event_handler",
+    "event_published",
+    "get_event_dispatcher",
+    "publish",
+]
+
+
+publish = get_event_dispatcher().publish
+"""Publish through the process-wide dispatcher; see :meth:`EventDispatcher.publish`."""
+
+apublish = get_event_dispatcher().apublish
+"""Async twin of :func:`publish`; see :meth:`EventDispatcher.apublish`."""

@@ -1,0 +1,171 @@
+"""The catalog: which event types exist and which payload model each one carries.
+
+A project lists its catalogs in ``EVENTBUS['CATALOGS']``; each is a mapping from
+a member of a ``str`` Enum to a frozen Pydantic model (or an :class:`EventSpec`
+when the type needs options). ``AppConfig.ready()`` loads them; problems are kept
+for the system checks instead of crashing start-up.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+
+from django.utils.module_loading import import_string
+from pydantic import BaseModel
+
+from .exceptions import CatalogConflictError, ImproperlyConfiguredCatalog, UnknownEventTypeError
+
+
+@dataclass(frozen=True, slots=True)
+class EventSpec:
+    """A payload model plus per-type options, for catalog entries that need them.
+
+    ``log=False`` keeps high-volume events out of the event log;
+    ``broadcast=False`` keeps them off the real-time channels;
+    ``private_fields`` are payload fields never sent to a channel or browser.
+    """
+
+    payload: type[BaseModel]
+    log: bool = True
+    broadcast: bool = True
+    private_fields: frozenset[str] = field(default_factory=frozenset)
+
+
+@dataclass(frozen=True, slots=True)
+class CatalogEntry:
+    member: enum.Enum
+    spec: EventSpec
+    source: str
+
+    @property
+    def name(self) -> str:
+        return str(self.member.value)
+
+    @property
+    def payload_model(self) -> type[BaseModel]:
+        return self.spec.payload
+
+
+@dataclass(frozen=True, slots=True)
+class ConfigProblem:
+    """A misconfiguration found at start-up, reported by the system checks under ``check_id``."""
+
+    check_id: str
+    message: str
+    hint: str
+
+
+class Catalog:
+    def __init__(self) -> None:
+        self._entries: dict[str, CatalogEntry] = {}
+        self.problems: list[ConfigProblem] = []
+
+    def __contains__(self, event_type: object) -> bool:
+        try:
+            return _key(event_type) in self._entries
+        except TypeError:
+            return False
+
+    def __iter__(self) -> Iterator[CatalogEntry]:
+        return iter(self._entries.values())
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def resolve(self, event_type: object) -> CatalogEntry:
+        """Return the entry for an enum member or its string value.
+
+        Raises :class:`UnknownEventTypeError` for anything else.
+        """
+        try:
+            return self._entries[_key(event_type)]
+        except (KeyError, TypeError):
+            raise UnknownEventTypeError(event_type) from None
+
+    def register(self, mapping: Mapping[object, object], source: str = "<code>") -> None:
+        """Add a mapping's entries; all or nothing.
+
+        Raises :class:`ImproperlyConfiguredCatalog` for a key that is not a ``str``
+        Enum member, a value that is not a payload model, or a type already
+        registered with another model. Registering the same entry again is a no-op.
+        """
+        if not isinstance(mapping, Mapping):
+            raise ImproperlyConfiguredCatalog(
+                f"Catalog {source} is a {type(mapping).__name__}, not a mapping of "
+                "event types to payload models."
+            )
+        staged: dict[str, CatalogEntry] = {}
+        for member, value in mapping.items():
+            if not (isinstance(member, enum.Enum) and isinstance(member, str)):
+                raise ImproperlyConfiguredCatalog(
+                    f"Catalog {source}: key {member!r} is not a member of a str Enum."
+                )
+            spec = value if isinstance(value, EventSpec) else EventSpec(value)  # type: ignore[arg-type]
+            if not (isinstance(spec.payload, type) and issubclass(spec.payload, BaseModel)):
+                raise ImproperlyConfiguredCatalog(
+                    f"Catalog {source}: {member.value!r} maps to {spec.payload!r}, "
+                    "not a Pydantic model class."
+                )
+            entry = CatalogEntry(member=member, spec=spec, source=source)
+            existing = self._entries.get(entry.name) or staged.get(entry.name)
+            if existing is not None and existing.spec.payload is not spec.payload:
+                raise CatalogConflictError(
+                    f"Event type {entry.name!r} is registered twice with different payload "
+                    f"models: {_dotted(existing.spec.payload)} (from {existing.source}) and "
+                    f"{_dotted(spec.payload)} (from {source})."
+                )
+            staged[entry.name] = entry
+        self._entries.update(staged)
+
+    def load(self, paths: tuple[str, ...]) -> None:
+        """Import and register each dotted path, recording problems for the checks."""
+        for path in paths:
+            try:
+                mapping = import_string(path)
+            except ImportError as exc:
+                self.problems.append(
+                    ConfigProblem(
+                        "eventbus.E002",
+                        f"EVENTBUS['CATALOGS'] names {path!r}, which cannot be imported: {exc}",
+                        "Use the dotted path of a mapping, e.g. 'myapp.events.EVENT_PAYLOAD_MAP'.",
+                    )
+                )
+                continue
+            try:
+                self.register(mapping, source=path)
+            except CatalogConflictError as exc:
+                self.problems.append(
+                    ConfigProblem(
+                        "eventbus.E004", str(exc), "Give each event type exactly one payload model."
+                    )
+                )
+            except ImproperlyConfiguredCatalog as exc:
+                self.problems.append(
+                    ConfigProblem(
+                        "eventbus.E003",
+                        str(exc),
+                        "Map members of a str Enum to Pydantic model classes.",
+                    )
+                )
+
+    def clear(self) -> None:
+        self._entries.clear()
+        self.problems.clear()
+
+
+def _key(event_type: object) -> str:
+    if isinstance(event_type, enum.Enum):
+        return str(event_type.value)
+    if isinstance(event_type, str):
+        return event_type
+    raise TypeError(event_type)
+
+
+def _dotted(obj: type) -> str:
+    return f"{obj.__module__}.{obj.__qualname__}"
+
+
+catalog = Catalog()
+"""The process-wide catalog, filled by ``AppConfig.ready()``."""

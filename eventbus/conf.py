@@ -1,0 +1,59 @@
+"""The only reader of ``settings.EVENTBUS``; every default is documented in README.md.
+
+Values are read lazily and cached until Django's ``setting_changed`` signal says
+``EVENTBUS`` changed, so ``override_settings(EVENTBUS=...)`` just works.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+from django.conf import settings as django_settings
+from django.core.signals import setting_changed
+from django.dispatch import receiver
+
+
+@dataclass(frozen=True)
+class EventBusSettings:
+    # Dotted paths to catalog mappings ({EnumMember: PayloadModel | EventSpec}).
+    CATALOGS: tuple[str, ...] = ()
+    # Module names autodiscovered in every installed app for @event_handler code.
+    HANDLER_MODULES: tuple[str, ...] = ("handlers",)
+    # Store every event in the event log (per-type opt-out: EventSpec(log=False)).
+    LOG: bool = True
+    # Largest accepted payload, in bytes of JSON.
+    MAX_PAYLOAD_BYTES: int = 64 * 1024
+    unknown_keys: tuple[str, ...] = field(default=())
+
+
+_KNOWN = {f.name for f in fields(EventBusSettings) if f.name.isupper()}
+
+
+def _read(raw: Any) -> EventBusSettings:
+    if not isinstance(raw, Mapping):
+        # checks.E001 reports it; run with defaults meanwhile.
+        return EventBusSettings()
+    values = {key: raw[key] for key in _KNOWN if key in raw}
+    for key in ("CATALOGS", "HANDLER_MODULES"):
+        if key in values and isinstance(values[key], list | tuple):
+            values[key] = tuple(values[key])
+    unknown = tuple(sorted(str(key) for key in raw if key not in _KNOWN))
+    return EventBusSettings(**values, unknown_keys=unknown)
+
+
+@functools.cache
+def get_settings() -> EventBusSettings:
+    return _read(getattr(django_settings, "EVENTBUS", {}))
+
+
+def raw_setting() -> Any:
+    return getattr(django_settings, "EVENTBUS", {})
+
+
+@receiver(setting_changed)
+def _clear_cache(*, setting: str, **kwargs: Any) -> None:
+    if setting == "EVENTBUS":
+        get_settings.cache_clear()

@@ -1,0 +1,65 @@
+"""Every error eventbus raises derives from :class:`EventBusError`.
+
+Errors that mean bad input also subclass the matching builtin, so callers can
+catch ``ValueError`` / ``LookupError`` / ``TypeError`` without importing us.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from pydantic import ValidationError
+
+
+class EventBusError(Exception):
+    """Base class of every eventbus error."""
+
+
+class ImproperlyConfiguredCatalog(EventBusError):
+    """A catalog cannot be loaded: wrong shape, or a type registered twice."""
+
+
+class CatalogConflictError(ImproperlyConfiguredCatalog):
+    """One event type is registered with two different payload models."""
+
+
+class UnknownEventTypeError(EventBusError, LookupError):
+    """The event type is not in any registered catalog."""
+
+    def __init__(self, event_type: object) -> None:
+        self.event_type = event_type
+        super().__init__(
+            f"Unknown event type {event_type!r}: it is not in any catalog named in "
+            "EVENTBUS['CATALOGS']."
+        )
+
+
+class EventSchemaError(EventBusError, ValueError):
+    """A payload does not match its event type's payload model.
+
+    ``errors`` holds one ``(field_path, message)`` pair per bad field.
+    """
+
+    def __init__(self, event_type: str, errors: Sequence[tuple[str, str]]) -> None:
+        self.event_type = event_type
+        self.errors = list(errors)
+        details = "; ".join(f"{path}: {message}" for path, message in self.errors)
+        super().__init__(f"Invalid payload for event {event_type!r}: {details}")
+
+    @classmethod
+    def from_validation_error(cls, event_type: str, exc: ValidationError) -> EventSchemaError:
+        errors = [
+            (".".join(str(part) for part in error["loc"]) or "payload", error["msg"])
+            for error in exc.errors()
+        ]
+        return cls(event_type, errors)
+
+
+class InvalidHandlerError(EventBusError, TypeError):
+    """A handler cannot receive the events it was subscribed to."""
+
+
+class PayloadTooLargeError(EventBusError, ValueError):
+    """A payload's JSON is larger than ``EVENTBUS['MAX_PAYLOAD_BYTES']``."""

@@ -1,0 +1,24 @@
+import os
+from pathlib import Path
+
+import pytest
+
+pytest_plugins = ["tests.fixtures_services"]
+
+
+@pytest.fixture
+def dispatcher():
+    """The process-wide dispatcher with no subscriptions but the test's own."""
+    from eventbus import get_event_dispatcher
+
+    with get_event_dispatcher().isolated() as isolated:
+        yield isolated
+
+
+def pytest_ignore_collect(collection_path: Path, config: pytest.Config) -> bool | None:
+    """tests/demo runs only under the demo's settings, everything else only under ours."""
+    demo_settings = os.environ.get("DJANGO_SETTINGS_MODULE") == "project.settings"
+    if collection_path.is_dir():
+        return None
+    in_demo = "demo" in collection_path.relative_to(Path(__file__).parent).parts[:-1]
+    return in_demo != demo_settings

@@ -1,0 +1,81 @@
+"""Settings for eventbus's own test suite (not the demo's).
+
+``EVENTBUS_TEST_DB=postgres`` runs against the PostgreSQL server on 127.0.0.1:5432.
+"""
+
+import os
+
+SECRET_KEY = "eventbus-tests"
+DEBUG = False
+USE_TZ = True
+TIME_ZONE = "UTC"
+ALLOWED_HOSTS = ["127.0.0.1", "localhost", "testserver"]
+ROOT_URLCONF = "tests.urls"
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+INSTALLED_APPS = [
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "channels",
+    "eventbus",
+    "tests.testapp",
+]
+
+MIDDLEWARE = [
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+]
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ]
+        },
+    }
+]
+
+if os.environ.get("EVENTBUS_TEST_DB") == "postgres":
+    DATABASES = {
+        "default": {
+            "ENGINE": "django.db.backends.postgresql",
+            "NAME": os.environ.get("EVENTBUS_PG_NAME", "test"),
+            "USER": os.environ.get("EVENTBUS_PG_USER", "postgres"),
+            "HOST": os.environ.get("EVENTBUS_PG_HOST", "127.0.0.1"),
+            "PORT": os.environ.get("EVENTBUS_PG_PORT", "5432"),
+        }
+    }
+else:
+    DATABASES = {
+        "default": {
+            "ENGINE": "django.db.backends.sqlite3",
+            "NAME": os.environ.get("EVENTBUS_SQLITE_NAME", ":memory:"),
+        }
+    }
+
+STATIC_URL = "/static/"
+ASGI_APPLICATION = "tests.asgi.application"
+CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
+
+EVENTBUS = {
+    "CATALOGS": ["tests.testapp.events.EVENT_PAYLOAD_MAP"],
+}
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "handlers": {"null": {"class": "logging.NullHandler"}},
+    "loggers": {"eventbus": {"handlers": ["null"], "level": "DEBUG"}},
+}

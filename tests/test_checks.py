@@ -1,0 +1,109 @@
+"""System checks: each misconfiguration raises its own id."""
+
+import pytest
+from django.core import checks
+from django.core.management import call_command
+from django.core.management.base import SystemCheckError
+from django.test import override_settings
+
+from eventbus import Event, event_handler
+from eventbus.catalog import ConfigProblem, catalog
+from eventbus.dispatcher import EventDispatcher
+from tests.testapp.events import OrderClosed, ShopEvent
+
+
+def ids(messages):
+    return [message.id for message in messages]
+
+
+def run_checks():
+    return [m for m in checks.run_checks() if m.id and m.id.startswith("eventbus.")]
+
+
+def test_the_test_project_is_clean():
+    assert run_checks() == []
+
+
+@override_settings(EVENTBUS=["tests.testapp.events.EVENT_PAYLOAD_MAP"])
+def test_setting_must_be_a_dict():
+    assert ids(run_checks()) == ["eventbus.E001"]
+
+
+@override_settings(EVENTBUS={"CATALOGS": ["tests.testapp.events.EVENT_PAYLOAD_MAP"], "CATALOG": []})
+def test_unknown_setting_keys():
+    [message] = run_checks()
+    assert message.id == "eventbus.E001" and "CATALOG" in message.msg
+
+
+@override_settings(EVENTBUS={})
+def test_empty_catalog_list_warns():
+    assert ids(run_checks()) == ["eventbus.W001"]
+
+
+@pytest.fixture
+def catalog_problems():
+    saved = list(catalog.problems)
+    yield catalog.problems
+    catalog.problems[:] = saved
+
+
+def test_catalog_problems_become_errors(catalog_problems):
+    catalog.load(("tests.nowhere.MAP", "tests.test_catalog.CONFLICTING"))
+    assert ids(run_checks()) == ["eventbus.E002", "eventbus.E004"]
+    assert all(message.hint for message in run_checks())
+
+
+def test_malformed_catalog_is_e003(catalog_problems):
+    catalog.load(("tests.testapp.events.ShopEvent",))  # an enum, not a mapping
+    assert ids(run_checks()) == ["eventbus.E003"]
+
+
+def test_unfrozen_payload_and_unknown_private_field(catalog_problems):
+    import enum
+
+    from pydantic import BaseModel
+
+    from eventbus import EventSpec
+
+    class Loose(BaseModel):
+        value: int
+
+    class Kind(enum.StrEnum):
+        LOOSE = "loose.thing"
+
+    catalog.register({Kind.LOOSE: EventSpec(Loose, private_fields=frozenset({"secret"}))})
+    try:
+        assert ids(run_checks()) == ["eventbus.W002", "eventbus.E009"]
+    finally:
+        catalog._entries.pop("loose.thing")
+
+
+def test_miswired_handlers_discovered_at_start_up_fail_manage_py_check(monkeypatch):
+    """Start-up records what @event_handler got wrong; `manage.py check` then fails."""
+    fresh = EventDispatcher()
+    monkeypatch.setattr("eventbus.dispatcher._dispatcher", fresh)
+    monkeypatch.setattr("eventbus.checks.get_event_dispatcher", lambda: fresh)
+
+    @event_handler("order.unheard_of")
+    def unknown_type(event: Event[OrderClosed]) -> None: ...
+
+    @event_handler(ShopEvent.ORDER_PLACED)
+    def wrong_model(event: Event[OrderClosed]) -> None: ...
+
+    @event_handler(ShopEvent.ORDER_CLOSED)
+    def fine(event: Event[OrderClosed]) -> None: ...
+
+    fresh.start(handler_modules=())
+    assert ids(run_checks()) == ["eventbus.E005", "eventbus.E006"]
+    assert "wrong_model" in run_checks()[1].msg
+    assert [sub.func for sub in fresh.subscriptions(ShopEvent.ORDER_CLOSED)] == [fine]
+    assert fresh.subscriptions(ShopEvent.ORDER_PLACED) == ()
+    with pytest.raises(SystemCheckError, match="eventbus.E006"):
+        call_command("check")
+
+
+def test_problem_ids_map_to_levels():
+    from eventbus.checks import _as_message
+
+    assert _as_message(ConfigProblem("eventbus.W009", "m", "h")).level == checks.WARNING
+    assert _as_message(ConfigProblem("eventbus.E009", "m", "h")).level == checks.ERROR

@@ -1,0 +1,114 @@
+import threading
+from datetime import UTC, datetime, timedelta, timezone
+from uuid import UUID, uuid4
+
+import pytest
+from pydantic import ValidationError
+
+from eventbus import ActorType, Event, UnknownEventTypeError
+from eventbus.envelope import uuid7
+from tests.testapp.events import NoteAdded, OrderPlaced, ShopEvent
+
+
+def test_minimal_event_gets_defaults():
+    event = Event(type=ShopEvent.ORDER_PLACED, payload={"order_id": 1, "title": "Desk"})
+    assert isinstance(event.id, UUID) and event.id.version == 7
+    assert event.timestamp.tzinfo is not None and event.timestamp.utcoffset() == timedelta(0)
+    assert abs(datetime.now(UTC) - event.timestamp) < timedelta(seconds=5)
+    assert event.actor_type is ActorType.SYSTEM
+    assert event.correlation_id == event.id  # a root event correlates with itself
+    assert event.causation_id is None
+    assert event.payload == OrderPlaced(order_id=1, title="Desk")
+
+
+def test_type_accepts_member_or_string_and_holds_the_member():
+    event = Event(type="order.placed", payload={"order_id": 1, "title": "Desk"})
+    assert event.type is ShopEvent.ORDER_PLACED
+
+
+def test_unknown_type_is_refused():
+    with pytest.raises(UnknownEventTypeError, match="'order.teleported'"):
+        Event(type="order.teleported", payload={})
+
+
+def test_payload_is_validated_against_the_catalog_model():
+    with pytest.raises(ValidationError, match="title"):
+        Event(type=ShopEvent.ORDER_PLACED, payload={"order_id": 1})
+
+
+def test_payload_of_another_model_is_refused():
+    with pytest.raises(ValidationError, match="must be OrderPlaced, not NoteAdded"):
+        Event(
+            type=ShopEvent.ORDER_PLACED,
+            payload=NoteAdded(note_id=uuid4(), text="x", author_email="a@b.c"),
+        )
+
+
+def test_parametrized_event_checks_the_model():
+    event = Event[OrderPlaced](type=ShopEvent.ORDER_PLACED, payload={"order_id": 1, "title": "a"})
+    assert isinstance(event.payload, OrderPlaced)
+    with pytest.raises(ValidationError, match="expects payload model NoteAdded"):
+        Event[NoteAdded](type=ShopEvent.ORDER_PLACED, payload={"order_id": 1, "title": "a"})
+
+
+def test_json_round_trip_restores_payload_model():
+    event = Event(
+        type=ShopEvent.NOTE_ADDED,
+        payload={"note_id": uuid4(), "text": "hello", "author_email": "a@example.com"},
+        project_id=uuid4(),
+        actor_id=uuid4(),
+        actor_type="agent",
+    )
+    restored = Event.model_validate_json(event.model_dump_json())
+    assert restored == event
+    assert type(restored.payload) is NoteAdded
+    assert restored.type is ShopEvent.NOTE_ADDED
+
+
+def test_timestamp_is_normalised_to_utc():
+    plus_two = timezone(timedelta(hours=2))
+    event = Event(
+        type=ShopEvent.ORDER_PLACED,
+        payload={"order_id": 1, "title": "a"},
+        timestamp=datetime(2026, 1, 1, 12, tzinfo=plus_two),
+    )
+    assert event.timestamp == datetime(2026, 1, 1, 10, tzinfo=UTC)
+    assert event.timestamp.utcoffset() == timedelta(0)
+
+
+def test_naive_timestamp_is_refused():
+    with pytest.raises(ValidationError, match="timezone"):
+        Event(
+            type=ShopEvent.ORDER_PLACED,
+            payload={"order_id": 1, "title": "a"},
+            timestamp=datetime(2026, 1, 1),
+        )
+
+
+def test_bad_actor_type_is_refused():
+    with pytest.raises(ValidationError, match="actor_type"):
+        Event(type=ShopEvent.ORDER_PLACED, payload={"order_id": 1, "title": "a"}, actor_type="bot")
+
+
+def test_event_is_frozen():
+    event = Event(type=ShopEvent.ORDER_PLACED, payload={"order_id": 1, "title": "a"})
+    with pytest.raises(ValidationError):
+        event.project_id = uuid4()
+
+
+def test_uuid7_is_unique_and_increasing_across_threads():
+    results: list[list[UUID]] = [[] for _ in range(4)]
+
+    def make(bucket: list[UUID]) -> None:
+        bucket.extend(uuid7() for _ in range(20_000))
+
+    threads = [threading.Thread(target=make, args=(bucket,)) for bucket in results]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    every = [value for bucket in results for value in bucket]
+    assert len(set(every)) == len(every)
+    for bucket in results:
+        assert bucket == sorted(bucket)
+    assert all(value.version == 7 and value.variant == "specified in RFC 4122" for value in every)

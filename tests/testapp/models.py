@@ -1,0 +1,12 @@
+from django.conf import settings
+from django.db import models
+
+
+class Order(models.Model):
+    title = models.CharField(max_length=100)
+    quantity = models.PositiveIntegerField(default=1)
+    status = models.CharField(max_length=20, default="open")
+    owner = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL
+    )
+    project_id = models.UUIDField(null=True, blank=True)
