@@ -1,0 +1,195 @@
+#!/usr/bin/env bash
+# Runs the whole test suite, on a fresh machine too:  bash scripts/test.sh [pytest args...]
+#
+# For each supported pair, Python 3.11 + Django 5.2 and Python 3.12 + Django 6 (requirements.txt
+# picks Django by interpreter), it runs the suite on SQLite, then the tests marked db_heavy or
+# postgres on PostgreSQL (127.0.0.1:5432 unless EVENTBUS_PG_HOST/PORT/USER say otherwise, as
+# in tests/settings.py); then ruff and mypy once. Pytest args go to every pytest run.
+# It installs redis-server and chromium with apt-get when they are missing.
+#
+# Off CI, a missing interpreter, package or PostgreSQL is reported and skipped. With CI=true
+# each of them is a failure: a skip there would hide a broken machine.
+# EVENTBUS_PYTHONS="3.12" limits the run to some of the pairs (default "3.11 3.12").
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+# shellcheck source=scripts/_venv.sh
+source scripts/_venv.sh
+
+export EVENTBUS_CHROMIUM=${EVENTBUS_CHROMIUM:-/usr/bin/chromium}
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"' EXIT
+
+results=()                    # one line per step, printed in the summary
+status=0                      # becomes 1 when any step fails
+passed=0 failed=0 skipped=0   # test counts added up over every pytest run
+
+in_ci() { [[ ${CI:-} == true ]]; }
+
+record() {  # record ok|FAIL|skip|note TEXT
+    results+=("$(printf '%-4s  %s' "$1" "$2")")
+    if [[ $1 == FAIL ]]; then status=1; fi
+}
+
+# missing WHAT CONSEQUENCE: a failure in CI, else one line and carry on without it.
+missing() {
+    if in_ci; then
+        echo "ERROR: $1 (with CI=true that is a failure)" >&2
+        record FAIL "$1"
+    else
+        echo "NOTE: $1: $2"
+        record skip "$1: $2"
+    fi
+}
+
+install_system_packages() {
+    local packages=() sudo=()
+    command -v redis-server >/dev/null || packages+=(redis-server)
+    [[ -x $EVENTBUS_CHROMIUM ]] || packages+=(chromium)
+    if ((${#packages[@]} == 0)); then return 0; fi
+    if ((EUID != 0)); then
+        if ! command -v sudo >/dev/null; then
+            missing "${packages[*]} not installed, and no root or sudo to install them" \
+                "the tests that need them skip"
+            return 0
+        fi
+        sudo=(sudo)
+    fi
+    echo "==> installing ${packages[*]} with apt-get"
+    # The lock timeout waits (bounded) for another apt run instead of failing at once.
+    local apt=("${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get -qq -o DPkg::Lock::Timeout=300)
+    if ! { "${apt[@]}" update && "${apt[@]}" install -y "${packages[@]}"; }; then
+        missing "apt-get could not install ${packages[*]}" "the tests that need them skip"
+    fi
+}
+
+# Prints why PostgreSQL cannot be reached, or nothing when it can. Same server as
+# tests/settings.py: EVENTBUS_PG_HOST/PORT/USER, default postgres@127.0.0.1:5432.
+postgres_problem() {
+    "$1" - <<'EOF'
+import os
+
+try:
+    import psycopg
+
+    psycopg.connect(
+        host=os.environ.get("EVENTBUS_PG_HOST", "127.0.0.1"),
+        port=os.environ.get("EVENTBUS_PG_PORT", "5432"),
+        user=os.environ.get("EVENTBUS_PG_USER", "postgres"),
+        dbname="postgres",
+        connect_timeout=5,
+    ).close()
+except Exception as exc:
+    print(" ".join(str(exc).split()) or type(exc).__name__)
+EOF
+}
+
+# Adds the counts of a pytest JUnit XML report to the totals (none if there is no report).
+add_counts() {
+    local counts p f s
+    counts=$("$1" - "$2" <<'EOF'
+import sys
+import xml.etree.ElementTree as ET
+try:
+    suites = ET.parse(sys.argv[1]).getroot().iter("testsuite")
+except (OSError, ET.ParseError):
+    suites = []
+p = f = s = 0
+for suite in suites:
+    tests, skip = int(suite.get("tests", 0)), int(suite.get("skipped", 0))
+    fail = int(suite.get("failures", 0)) + int(suite.get("errors", 0))
+    p, f, s = p + tests - skip - fail, f + fail, s + skip
+print(p, f, s)
+EOF
+    ) || counts="0 0 0"
+    read -r p f s <<<"$counts"
+    passed=$((passed + p)) failed=$((failed + f)) skipped=$((skipped + s))
+}
+
+run_pytest() {  # run_pytest sqlite|postgres|demo LABEL PYTHON [pytest args...]
+    local db=$1 label=$2 python=$3 rc=0
+    shift 3
+    local report
+    report=$(mktemp "$tmp/report.XXXXXX")
+    echo
+    echo "==> pytest: $label"
+    if [[ $db == postgres ]]; then
+        EVENTBUS_TEST_DB=postgres "$python" -m pytest --junitxml="$report" \
+            -m "db_heavy or postgres" "$@" || rc=$?
+    elif [[ $db == demo ]]; then
+        # The demo site's own tests run under the demo's settings (tests/demo).
+        "$python" -m pytest --junitxml="$report" --ds=project.settings tests/demo "$@" || rc=$?
+    else
+        "$python" -m pytest --junitxml="$report" "$@" || rc=$?
+    fi
+    add_counts "$python" "$report"
+    if ((rc == 0)); then
+        record ok "$label"
+    elif ((rc == 5)) && [[ $db == postgres ]]; then
+        # Exit 5 is "no tests collected": nothing is marked db_heavy or postgres yet.
+        record note "$label: no tests marked db_heavy or postgres yet"
+    elif ((rc == 5)); then
+        record FAIL "$label: pytest collected no tests (exit 5), so something is broken"
+    else
+        record FAIL "$label: pytest exit code $rc"
+    fi
+}
+
+install_system_packages
+
+postgres=unknown   # checked once, with the first virtualenv that gets ready
+lint_python=""     # the newest virtualenv's python, for ruff and mypy
+for version in ${EVENTBUS_PYTHONS:-3.11 3.12}; do
+    venv=.venv/py${version//./}
+    if ! python=$(find_python "$version"); then
+        missing "Python $version not found" "the Python $version pair is skipped"
+        continue
+    fi
+    if ! ensure_venv "$venv" "$python"; then
+        record FAIL "Python $version: installing into $venv failed"
+        continue
+    fi
+    lint_python=$venv/bin/python
+    django=$("$venv/bin/python" -c 'import django; print(django.get_version())') || django="?"
+    label="Python $version + Django $django"
+
+    run_pytest sqlite "$label, SQLite" "$venv/bin/python" "$@"
+    run_pytest demo "$label, demo site" "$venv/bin/python" "$@"
+
+    if [[ $postgres == unknown ]]; then
+        problem=$(postgres_problem "$venv/bin/python" 2>&1) || true
+        if [[ -z $problem ]]; then
+            postgres=yes
+        else
+            postgres=no
+            missing "PostgreSQL is unreachable ($problem)" \
+                "the PostgreSQL runs are skipped"
+        fi
+    fi
+    if [[ $postgres == yes ]]; then
+        run_pytest postgres "$label, PostgreSQL" "$venv/bin/python" "$@"
+    fi
+done
+
+if [[ -n $lint_python ]]; then
+    echo
+    echo "==> ruff and mypy ($("$lint_python" -V))"
+    if "$lint_python" -m ruff check eventbus project tests bench; then
+        record ok "ruff"
+    else
+        record FAIL "ruff"
+    fi
+    if "$lint_python" -m mypy; then  # files and strictness come from pyproject.toml
+        record ok "mypy"
+    else
+        record FAIL "mypy"
+    fi
+else
+    record FAIL "no Python 3.11 or 3.12 virtualenv, so nothing ran"
+fi
+
+echo
+if ((status == 0)); then echo "==> Summary: OK"; else echo "==> Summary: FAILED"; fi
+printf '%s\n' "${results[@]}"
+# Last, a plain closing line that CI can read, with the counts of every pytest run above.
+echo "Tests: $passed passed, $failed failed, $skipped skipped"
+exit "$status"

@@ -1,0 +1,314 @@
+"""Real services for tests that claim them: a private redis-server and an ASGI server process.
+
+Every server here listens on 127.0.0.1 only, on a port picked at random, and never on
+Redis's default 6379, so a test cannot touch a service it did not start. Every wait is
+bounded and ends in ``ServiceError`` carrying the tail of the server's log.
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Self
+
+if TYPE_CHECKING:
+    import redis
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+LOOPBACK = "127.0.0.1"
+START_TIMEOUT = 10.0
+STOP_TIMEOUT = 5.0
+# How many ports to try when another process takes ours between free_port() and bind.
+PORT_ATTEMPTS = 3
+
+
+class ServiceError(RuntimeError):
+    """A test service did not start, answer or stop in time."""
+
+
+class PortInUse(ServiceError):
+    """Another process holds the port; the only start failure worth a retry on a new port."""
+
+
+def in_ci() -> bool:
+    return os.environ.get("CI") == "true"
+
+
+def free_port() -> int:
+    """Return a TCP port on 127.0.0.1 that was free a moment ago.
+
+    The port is released before returning, so another process may take it first;
+    the servers below retry with a new port when that happens.
+    """
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((LOOPBACK, 0))
+        return int(sock.getsockname()[1])
+
+
+def port_accepts(port: int, host: str = LOOPBACK) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
+def redis_server_binary() -> str | None:
+    """The redis-server to run ($EVENTBUS_REDIS_SERVER, default the one on PATH), or None."""
+    return shutil.which(os.environ.get("EVENTBUS_REDIS_SERVER", "redis-server"))
+
+
+def _wait_until(
+    ready: Callable[[], bool], proc: subprocess.Popen[bytes], timeout: float, what: str, log: Path
+) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise ServiceError(f"{what} exited with code {proc.returncode}\n{_tail(log)}")
+        if ready():
+            return
+        time.sleep(0.05)
+    raise ServiceError(f"{what} was not ready within {timeout:.0f}s\n{_tail(log)}")
+
+
+def _stop_process(proc: subprocess.Popen[bytes] | None, timeout: float = STOP_TIMEOUT) -> None:
+    """SIGTERM, then SIGKILL if the process is still there after ``timeout`` seconds."""
+    if proc is None or proc.poll() is not None:
+        return
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(timeout)
+
+
+def _tail(log: Path, lines: int = 40) -> str:
+    try:
+        text = log.read_text(errors="replace")
+    except OSError:
+        return f"(no log at {log})"
+    return f"--- last lines of {log} ---\n" + "\n".join(text.splitlines()[-lines:])
+
+
+class _Service:
+    """Start/stop bookkeeping shared by the servers: a temp dir, a log file, one process."""
+
+    name = "service"
+
+    def __init__(self, port: int | None, start_timeout: float) -> None:
+        self._fixed_port = port is not None
+        self.port = port if port is not None else free_port()
+        self.host = LOOPBACK
+        self.start_timeout = start_timeout
+        self.dir = Path(tempfile.mkdtemp(prefix=f"eventbus-{self.name}-"))
+        self.log_path = self.dir / f"{self.name}.log"
+        self._proc: subprocess.Popen[bytes] | None = None
+        # A crashed or interrupted test run must not leave servers behind.
+        atexit.register(self.close)
+
+    def _command(self) -> list[str]:
+        raise NotImplementedError
+
+    def _popen_kwargs(self) -> dict[str, Any]:
+        return {}
+
+    def _ready(self) -> bool:
+        raise NotImplementedError
+
+    @property
+    def running(self) -> bool:
+        return self._proc is not None and self._proc.poll() is None
+
+    def start(self) -> None:
+        """Start the server and wait until it answers; restarts reuse the same port."""
+        if self.running:
+            return
+        attempts = 1 if self._fixed_port else PORT_ATTEMPTS
+        for attempt in range(attempts):
+            try:
+                self._start_once()
+            except PortInUse:
+                if attempt + 1 == attempts:
+                    raise
+                self.port = free_port()
+            else:
+                self._fixed_port = True  # from now on restarts come back on this port
+                return
+
+    def _start_once(self) -> None:
+        # Something else answering on the port would pass the readiness check for us.
+        if port_accepts(self.port, self.host):
+            raise PortInUse(f"{self.name}: port {self.port} is already in use")
+        with self.log_path.open("ab") as log:
+            log.write(f"=== starting {self.name} on port {self.port} ===\n".encode())
+            log.flush()
+            self._proc = subprocess.Popen(
+                self._command(),
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                **self._popen_kwargs(),
+            )
+        try:
+            _wait_until(
+                self._ready,
+                self._proc,
+                self.start_timeout,
+                f"{self.name} on port {self.port}",
+                self.log_path,
+            )
+        except ServiceError as exc:
+            _stop_process(self._proc)
+            # redis-server and daphne both log this when they lose the race for the port.
+            if "Address already in use" in str(exc):
+                raise PortInUse(str(exc)) from exc
+            raise
+
+    def stop(self) -> None:
+        """Stop the server (SIGTERM, then SIGKILL after a bound); the port stays reserved."""
+        _stop_process(self._proc)
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()
+
+    def close(self) -> None:
+        """Stop the server and delete its temp dir. Safe to call more than once."""
+        self.stop()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+    def log_text(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def __enter__(self) -> Self:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class RedisServer(_Service):
+    """A private redis-server on a free loopback port, keeping nothing on disk.
+
+    ``RedisServer()`` does not start it: call ``start()`` or use it as a context manager.
+    """
+
+    name = "redis"
+
+    def __init__(
+        self,
+        port: int | None = None,
+        binary: str | None = None,
+        start_timeout: float = START_TIMEOUT,
+    ) -> None:
+        binary = binary or redis_server_binary()
+        if binary is None:
+            raise ServiceError("redis-server not installed")
+        self.binary = binary
+        super().__init__(port, start_timeout)
+
+    @property
+    def url(self) -> str:
+        return f"redis://{self.host}:{self.port}/0"
+
+    def _command(self) -> list[str]:
+        return [
+            self.binary,
+            "--port",
+            str(self.port),
+            "--bind",
+            self.host,
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            str(self.dir),
+            "--daemonize",
+            "no",
+        ]
+
+    def client(self) -> redis.Redis:
+        """A new sync ``redis.Redis`` client for this server, with short timeouts."""
+        import redis  # imported here so that importing this module needs no redis package
+
+        return redis.Redis(
+            host=self.host, port=self.port, socket_connect_timeout=1, socket_timeout=2
+        )
+
+    def _ready(self) -> bool:
+        import redis
+
+        client = self.client()
+        try:
+            # Check the answer comes from our process, not a stranger on the same port.
+            return bool(self._proc and client.info("server")["process_id"] == self._proc.pid)
+        except redis.RedisError:
+            return False
+        finally:
+            client.close()
+
+    def flush(self) -> None:
+        """Delete every key in every database."""
+        client = self.client()
+        try:
+            client.flushall()
+        finally:
+            client.close()
+
+
+class AsgiServer(_Service):
+    """A real ASGI server process: ``python -m daphne -b 127.0.0.1 -p PORT app``.
+
+    ``env`` is added to this process's environment (for example DJANGO_SETTINGS_MODULE or
+    EVENTBUS_TEST_REDIS_URL). The server runs from the repository root with it on
+    PYTHONPATH, so ``tests.asgi:application`` imports as it does in the tests.
+    Everything it prints goes to ``log_path``.
+    """
+
+    name = "asgi"
+
+    def __init__(
+        self,
+        app: str = "tests.asgi:application",
+        env: Mapping[str, str] | None = None,
+        port: int | None = None,
+        start_timeout: float = 20.0,
+    ) -> None:
+        # The default bound is longer than Redis's: importing Django on 2 busy cores is slow.
+        self.app = app
+        self.env = dict(env or {})
+        super().__init__(port, start_timeout)
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    @property
+    def ws_url(self) -> str:
+        return f"ws://{self.host}:{self.port}"
+
+    def _command(self) -> list[str]:
+        return [sys.executable, "-m", "daphne", "-b", self.host, "-p", str(self.port), self.app]
+
+    def _popen_kwargs(self) -> dict[str, Any]:
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
+        env["PYTHONUNBUFFERED"] = "1"  # so the log is complete when we show it
+        env.update(self.env)
+        return {"env": env, "cwd": REPO_ROOT}
+
+    def _ready(self) -> bool:
+        # daphne imports the application before it listens, so an open port means ready.
+        return port_accepts(self.port, self.host)
