@@ -26,6 +26,20 @@ class EventBusSettings:
     LOG: bool = True
     # Largest accepted payload, in bytes of JSON.
     MAX_PAYLOAD_BYTES: int = 64 * 1024
+    # Where committed events go beyond the process: import path of a Sink class, or None.
+    SINK: str | None = "eventbus.sinks.InMemorySink"
+    # Hand each event to the sink right after its commit (the relay is the safety net).
+    HAND_OFF_ON_COMMIT: bool = True
+    # The relay: rows per batch, attempts before "failed", backoff in seconds.
+    RELAY_BATCH_SIZE: int = 200
+    RELAY_MAX_ATTEMPTS: int = 10
+    RELAY_BACKOFF_BASE: float = 1.0
+    RELAY_BACKOFF_MAX: float = 300.0
+    # Pending rows never handed off (their process died) are swept after this many seconds.
+    RELAY_SWEEP_AFTER: float = 10.0
+    RELAY_POLL_INTERVAL: float = 0.5
+    # How long a relay worker owns the rows it claimed before others may retry them.
+    RELAY_CLAIM_SECONDS: float = 60.0
     unknown_keys: tuple[str, ...] = field(default=())
 
 

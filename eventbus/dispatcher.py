@@ -19,6 +19,7 @@ from typing import Any
 from uuid import UUID
 
 from asgiref.sync import async_to_sync, iscoroutinefunction, sync_to_async
+from django.core.exceptions import SynchronousOnlyOperation
 from django.db import transaction
 from django.utils.module_loading import autodiscover_modules
 from pydantic import BaseModel, ValidationError
@@ -199,9 +200,15 @@ class EventDispatcher:
         Inside ``transaction.atomic()`` (on database ``using``) handlers run after
         the outermost commit, and never on rollback; ``immediate=True`` runs them
         now. An invalid payload raises :class:`EventSchemaError` and nothing is
-        recorded or dispatched. Async handlers are awaited to completion here when
-        no event loop runs in this thread, and scheduled as tasks when one does.
+        recorded or dispatched. Async handlers are awaited to completion before
+        this returns. From async code, use :meth:`apublish`: this raises
+        ``SynchronousOnlyOperation`` inside a running event loop.
         """
+        if _in_event_loop():
+            raise SynchronousOnlyOperation(
+                "publish() was called from async code, where it would block the event loop "
+                "on the database: use 'await apublish(...)'."
+            )
         event = self.build(
             event_type,
             payload,
@@ -312,15 +319,13 @@ class EventDispatcher:
                 self._handler_failed(_dotted_name(receiver), event, result)
 
     def _dispatch_async_from_sync(self, sub: Subscription, event: Event[Any]) -> None:
-        try:
-            asyncio.get_running_loop()
-        except RuntimeError:
-            try:
-                async_to_sync(sub.func)(event.payload if sub.wants_payload else event)
-            except Exception as exc:
-                self._handler_failed(sub.name, event, exc)
-        else:
+        if _in_event_loop():  # dispatch() called directly from async code
             self._spawn(sub, event)
+            return
+        try:
+            async_to_sync(sub.func)(event.payload if sub.wants_payload else event)
+        except Exception as exc:
+            self._handler_failed(sub.name, event, exc)
 
     def _spawn(self, sub: Subscription, event: Event[Any]) -> None:
         # The task copies the current context, so events it publishes are caused by ``event``.
@@ -378,6 +383,14 @@ class EventDispatcher:
             yield self
         finally:
             self._subscriptions = saved
+
+
+def _in_event_loop() -> bool:
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return False
+    return True
 
 
 def _validate_payload(entry: CatalogEntry, payload: object) -> BaseModel:

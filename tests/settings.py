@@ -3,7 +3,10 @@
 ``EVENTBUS_TEST_DB=postgres`` runs against the PostgreSQL server on 127.0.0.1:5432.
 """
 
+import json
 import os
+import tempfile
+from typing import Any
 
 SECRET_KEY = "eventbus-tests"
 DEBUG = False
@@ -47,6 +50,7 @@ TEMPLATES = [
     }
 ]
 
+DATABASES: dict[str, dict[str, Any]]
 if os.environ.get("EVENTBUS_TEST_DB") == "postgres":
     DATABASES = {
         "default": {
@@ -58,12 +62,22 @@ if os.environ.get("EVENTBUS_TEST_DB") == "postgres":
         }
     }
 else:
+    # A file, not :memory:, so that subprocesses (a publisher killed mid-run, relay
+    # workers) can share the test database.
     DATABASES = {
         "default": {
             "ENGINE": "django.db.backends.sqlite3",
-            "NAME": os.environ.get("EVENTBUS_SQLITE_NAME", ":memory:"),
+            "NAME": os.path.join(tempfile.gettempdir(), "eventbus-tests.sqlite3"),
+            "TEST": {
+                "NAME": os.path.join(tempfile.gettempdir(), f"eventbus-test-{os.getpid()}.sqlite3")
+            },
+            "OPTIONS": {"timeout": 20},
         }
     }
+
+# A subprocess started by a test points straight at the parent's test database.
+if os.environ.get("EVENTBUS_TEST_DB_NAME"):
+    DATABASES["default"]["NAME"] = os.environ["EVENTBUS_TEST_DB_NAME"]
 
 STATIC_URL = "/static/"
 ASGI_APPLICATION = "tests.asgi.application"
@@ -71,6 +85,8 @@ CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}
 
 EVENTBUS = {
     "CATALOGS": ["tests.testapp.events.EVENT_PAYLOAD_MAP"],
+    # Subprocesses started by tests may adjust settings through the environment.
+    **json.loads(os.environ.get("EVENTBUS_TEST_SETTINGS_OVERRIDE", "{}")),
 }
 
 LOGGING = {

@@ -11,6 +11,9 @@ from eventbus.catalog import ConfigProblem, catalog
 from eventbus.dispatcher import EventDispatcher
 from tests.testapp.events import OrderClosed, ShopEvent
 
+# Model checks (JSONField support) open a cursor on some Django versions.
+pytestmark = pytest.mark.django_db
+
 
 def ids(messages):
     return [message.id for message in messages]

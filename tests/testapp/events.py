@@ -22,6 +22,7 @@ class ShopEvent(enum.StrEnum):
     ORDER_DELETED = "order.deleted"
     NOTE_ADDED = "note.added"
     METRIC_SAMPLED = "metric.sampled"
+    FILE_ATTACHED = "file.attached"
 
 
 class Frozen(BaseModel):
@@ -66,6 +67,11 @@ class MetricSampled(Frozen):
     value: float
 
 
+class FileAttached(Frozen):
+    name: str
+    content: bytes  # JSON can only hold it when it is valid UTF-8
+
+
 EVENT_PAYLOAD_MAP = {
     ShopEvent.ORDER_PLACED: OrderPlaced,
     ShopEvent.ORDER_STATUS_CHANGED: OrderStatusChanged,
@@ -74,4 +80,5 @@ EVENT_PAYLOAD_MAP = {
     ShopEvent.ORDER_DELETED: OrderDeleted,
     ShopEvent.NOTE_ADDED: EventSpec(NoteAdded, private_fields=frozenset({"author_email"})),
     ShopEvent.METRIC_SAMPLED: EventSpec(MetricSampled, log=False, broadcast=False),
+    ShopEvent.FILE_ATTACHED: FileAttached,
 }

@@ -1,0 +1,149 @@
+"""Writing the event log: events in the publisher's transaction, handler failures after.
+
+Wired into the dispatcher by ``AppConfig.ready()``; nothing here runs at import.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import traceback
+from collections.abc import Iterable
+from typing import Any
+from uuid import UUID
+
+from asgiref.sync import sync_to_async
+from django.db import connections, router, transaction
+from pydantic_core import PydanticSerializationError
+
+from . import conf
+from .catalog import catalog
+from .envelope import Event
+from .exceptions import EventSchemaError, PayloadTooLargeError
+from .models import EventRecord, HandlerFailure
+
+logger = logging.getLogger("eventbus")
+_pending_writes: set[asyncio.Task[None]] = set()
+
+
+def payload_json(event: Event[Any]) -> Any:
+    """The payload as JSON-safe data; refuses what cannot be stored or sent.
+
+    Raises :class:`EventSchemaError` for data JSON cannot hold and
+    :class:`PayloadTooLargeError` past ``EVENTBUS['MAX_PAYLOAD_BYTES']``.
+    """
+    name = str(event.type.value)
+    try:
+        raw = event.payload.__pydantic_serializer__.to_json(event.payload)
+    except (PydanticSerializationError, ValueError, TypeError) as exc:
+        raise EventSchemaError(name, [("payload", f"is not JSON-serializable: {exc}")]) from exc
+    limit = conf.get_settings().MAX_PAYLOAD_BYTES
+    if len(raw) > limit:
+        raise PayloadTooLargeError(
+            f"Payload of {name!r} is {len(raw)} bytes of JSON, over the limit of {limit} "
+            "(EVENTBUS['MAX_PAYLOAD_BYTES'])."
+        )
+    return json.loads(raw)
+
+
+def is_logged(event: Event[Any]) -> bool:
+    return conf.get_settings().LOG and catalog.resolve(event.type).spec.log
+
+
+def record(event: Event[Any], using: str | None) -> None:
+    """Insert the event's row in the current transaction of ``using`` (publish listener)."""
+    settings = conf.get_settings()
+    entry = catalog.resolve(event.type)
+    logged = settings.LOG and entry.spec.log
+    if not logged and not (entry.spec.broadcast and settings.SINK):
+        return  # neither stored nor sent: no JSON needed
+    payload = payload_json(event)  # refuse what could not be stored or sent
+    if not logged:
+        return
+    EventRecord.objects.using(using or router.db_for_write(EventRecord)).create(
+        id=event.id,
+        type=event.type.value,
+        timestamp=event.timestamp,
+        project_id=event.project_id,
+        actor_id=event.actor_id,
+        actor_type=event.actor_type.value,
+        payload=payload,
+        correlation_id=event.correlation_id,
+        causation_id=event.causation_id,
+    )
+
+
+def record_failure(event: Event[Any], handler: str, exc: BaseException) -> None:
+    """Store a handler failure (failure listener); from async code, in a worker thread."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        _store_failure(event, handler, exc)
+        return
+    task = asyncio.get_running_loop().create_task(
+        sync_to_async(_store_failure, thread_sensitive=True)(event, handler, exc)
+    )
+    _pending_writes.add(task)
+    task.add_done_callback(_pending_writes.discard)
+
+
+def _store_failure(event: Event[Any], handler: str, exc: BaseException) -> None:
+    using = router.db_for_write(HandlerFailure)
+    # Inside a transaction that may roll back, write after it commits instead.
+
+    def write() -> None:
+        HandlerFailure.objects.using(using).create(
+            event_id=event.id,
+            event_type=event.type.value,
+            handler=handler[:300],
+            error=f"{type(exc).__name__}: {exc}",
+            traceback="".join(traceback.format_exception(exc)),
+        )
+
+    transaction.on_commit(write, using=using)
+
+
+def assign_sequences(ids: Iterable[UUID], using: str | None = None) -> None:
+    """Number rows that have no sequence yet, in timestamp order, after their commit.
+
+    PostgreSQL draws from a database sequence; other databases take ``MAX + 1``
+    row by row, which their write lock serializes (SQLite).
+    """
+    ids = list(ids)
+    if not ids:
+        return
+    alias = using or router.db_for_write(EventRecord)
+    connection = connections[alias]
+    table = EventRecord._meta.db_table
+    with transaction.atomic(using=alias), connection.cursor() as cursor:
+        if connection.vendor == "postgresql":
+            cursor.execute(
+                f"""
+                UPDATE {table} AS t SET sequence = s.seq
+                FROM (
+                    SELECT id, nextval('eventbus_event_sequence') AS seq FROM (
+                        SELECT id FROM {table}
+                        WHERE id = ANY(%s) AND sequence IS NULL
+                        ORDER BY timestamp, id
+                    ) AS ordered
+                ) AS s
+                WHERE t.id = s.id
+                """,
+                [ids],
+            )
+            return
+        pending = (
+            EventRecord.objects.using(alias)
+            .filter(id__in=ids, sequence__isnull=True)
+            .order_by("timestamp", "id")
+            .values_list("id", flat=True)
+        )
+        id_param = EventRecord._meta.pk.get_db_prep_value
+        for event_id in list(pending):
+            cursor.execute(
+                f"UPDATE {table} SET sequence = "
+                f"(SELECT COALESCE(MAX(sequence), 0) + 1 FROM {table}) "
+                "WHERE id = %s AND sequence IS NULL",
+                [id_param(event_id, connection)],
+            )

@@ -1,0 +1,104 @@
+"""The event log: one row per published event, written in the publisher's transaction."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.db import models
+from django.utils.translation import gettext_lazy as _
+
+from .envelope import ActorType, Event
+
+
+class DeliveryStatus(models.TextChoices):
+    PENDING = "pending", _("pending")
+    DELIVERED = "delivered", _("delivered")
+    FAILED = "failed", _("failed after retries")
+
+
+class EventRecord(models.Model):
+    """A published event and its delivery beyond the process (the outbox row).
+
+    ``sequence`` is assigned after commit, in hand-off order, so replays follow
+    the order in which events became visible, not the order they were created.
+    """
+
+    id = models.UUIDField(primary_key=True, editable=False)
+    type = models.CharField(max_length=200)
+    timestamp = models.DateTimeField()
+    project_id = models.UUIDField(null=True, blank=True)
+    actor_id = models.UUIDField(null=True, blank=True)
+    actor_type = models.CharField(
+        max_length=10, choices=[(a.value, a.value) for a in ActorType], default=ActorType.SYSTEM
+    )
+    payload = models.JSONField()
+    correlation_id = models.UUIDField()
+    causation_id = models.UUIDField(null=True, blank=True)
+
+    status = models.CharField(
+        max_length=10, choices=DeliveryStatus.choices, default=DeliveryStatus.PENDING
+    )
+    attempts = models.PositiveIntegerField(default=0)
+    last_error = models.TextField(blank=True)
+    next_attempt_at = models.DateTimeField(null=True, blank=True)
+    delivered_at = models.DateTimeField(null=True, blank=True)
+    sequence = models.BigIntegerField(null=True, blank=True, unique=True, editable=False)
+
+    class Meta:
+        verbose_name = _("event")
+        verbose_name_plural = _("event log")
+        ordering = ("-timestamp",)
+        indexes = (
+            # The relay: due pending rows, oldest first.
+            models.Index(
+                fields=("status", "next_attempt_at", "timestamp"), name="eventbus_relay_idx"
+            ),
+            # Admin filters and date hierarchy.
+            models.Index(fields=("type", "timestamp"), name="eventbus_type_ts_idx"),
+            models.Index(fields=("timestamp",), name="eventbus_ts_idx"),
+            models.Index(fields=("project_id", "sequence"), name="eventbus_project_seq_idx"),
+            models.Index(fields=("correlation_id",), name="eventbus_correlation_idx"),
+            models.Index(fields=("actor_type", "timestamp"), name="eventbus_actor_ts_idx"),
+        )
+        permissions = (("redeliver_eventrecord", "Can re-deliver events"),)
+
+    def __str__(self) -> str:
+        return f"{self.type} {self.id}"
+
+    def to_event(self) -> Event[Any]:
+        """Rebuild the :class:`Event`; raises if the row no longer fits the catalog."""
+        return Event.model_validate(
+            {
+                "id": self.id,
+                "type": self.type,
+                "timestamp": self.timestamp,
+                "project_id": self.project_id,
+                "actor_id": self.actor_id,
+                "actor_type": self.actor_type,
+                "payload": self.payload,
+                "correlation_id": self.correlation_id,
+                "causation_id": self.causation_id,
+            }
+        )
+
+
+class HandlerFailure(models.Model):
+    """An in-process handler that raised, so operators see it without reading logs.
+
+    Keyed by event id rather than a foreign key: events that are not logged
+    (``EventSpec(log=False)``) can fail too.
+    """
+
+    event_id = models.UUIDField(db_index=True)
+    event_type = models.CharField(max_length=200)
+    handler = models.CharField(max_length=300)
+    error = models.TextField()
+    traceback = models.TextField(blank=True)
+    occurred_at = models.DateTimeField(auto_now_add=True, db_index=True)
+
+    class Meta:
+        verbose_name = _("handler failure")
+        ordering = ("-occurred_at",)
+
+    def __str__(self) -> str:
+        return f"{self.handler} on {self.event_type}"

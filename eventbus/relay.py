@@ -1,0 +1,265 @@
+"""The relay: hands committed events to the sink, and retries until they get through.
+
+Two paths share one claim/complete cycle:
+- right after a commit, the publishing process hands its events off at once;
+- ``manage.py eventbus_relay`` retries failed hand-offs with backoff and sweeps
+  rows whose process died between commit and hand-off.
+
+Delivery is at least once; consumers dedupe on the event id. On PostgreSQL,
+workers claim rows with ``SELECT ... FOR UPDATE SKIP LOCKED``, so concurrent
+workers do not send a row twice in the normal case. SQLite has no row locks:
+concurrent claims collide on the database lock and the loser retries later.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+from uuid import UUID
+
+from asgiref.sync import async_to_sync, sync_to_async
+from django.db import DatabaseError, connections, router, transaction
+from django.db.models import F, Q
+from django.utils import timezone
+
+from . import conf
+from .envelope import Event
+from .log import assign_sequences, is_logged
+from .models import DeliveryStatus, EventRecord
+from .sinks import Sink, load_sink
+
+logger = logging.getLogger("eventbus.relay")
+
+
+@dataclass
+class RelayReport:
+    """What one relay pass did, by event id."""
+
+    delivered: list[UUID] = field(default_factory=list)
+    retrying: list[UUID] = field(default_factory=list)
+    failed: list[UUID] = field(default_factory=list)
+    corrupted: list[UUID] = field(default_factory=list)
+
+    def __bool__(self) -> bool:
+        return bool(self.delivered or self.retrying or self.failed or self.corrupted)
+
+
+def backoff_seconds(attempts: int) -> float:
+    """Delay before the next attempt after ``attempts`` failed ones: doubling, capped."""
+    settings = conf.get_settings()
+    return float(
+        min(settings.RELAY_BACKOFF_MAX, settings.RELAY_BACKOFF_BASE * 2 ** max(attempts - 1, 0))
+    )
+
+
+class Relay:
+    def __init__(self, sink: Sink | None = None, using: str | None = None) -> None:
+        self._sink = sink
+        self.using = using or router.db_for_write(EventRecord)
+
+    @property
+    def sink(self) -> Sink | None:
+        if self._sink is not None:
+            return self._sink
+        path = conf.get_settings().SINK
+        return load_sink(path) if path else None
+
+    # -- right after commit --------------------------------------------------
+
+    def hand_off(self, event: Event[Any]) -> None:
+        """Send one committed event now (commit listener); on failure the relay retries.
+
+        From a thread running an event loop this schedules the hand-off as a task.
+        """
+        settings = conf.get_settings()
+        sink = self.sink
+        if sink is None or not settings.HAND_OFF_ON_COMMIT:
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            async_to_sync(self._ahand_off)(sink, event)
+        else:
+            task = loop.create_task(self._ahand_off(sink, event))
+            _background.add(task)
+            task.add_done_callback(_background.discard)
+
+    async def _ahand_off(self, sink: Sink, event: Event[Any]) -> None:
+        logged = await sync_to_async(is_logged)(event)
+        if logged:
+            await sync_to_async(self._claim_ids, thread_sensitive=True)([event.id])
+        try:
+            await sink.send([event])
+        except Exception as exc:
+            logger.warning(
+                "Hand-off of event %s failed; the relay will retry: %s",
+                event.id,
+                exc,
+                extra={"event_id": str(event.id), "event_type": event.type.value},
+            )
+            if logged:
+                await sync_to_async(self._complete, thread_sensitive=True)([event.id], [], exc)
+            return
+        if logged:
+            await sync_to_async(self._complete, thread_sensitive=True)([event.id], [event.id], None)
+
+    # -- the worker ----------------------------------------------------------
+
+    def run_once(self, now: datetime | None = None) -> RelayReport:
+        """Claim one batch of due pending rows, send it, record the outcome."""
+        return async_to_sync(self.arun_once)(now)
+
+    async def arun_once(self, now: datetime | None = None) -> RelayReport:
+        """Async twin of :meth:`run_once`."""
+        report = RelayReport()
+        claimed = await sync_to_async(self._claim_due, thread_sensitive=True)(now, report)
+        if not claimed:
+            return report
+        ids = [event.id for event in claimed]
+        sink = self.sink
+        try:
+            if sink is None:
+                raise RuntimeError("EVENTBUS['SINK'] is None: nowhere to deliver to")
+            await sink.send(claimed)
+        except Exception as exc:
+            logger.warning("Relay could not deliver %d event(s): %s", len(ids), exc)
+            outcome = await sync_to_async(self._complete, thread_sensitive=True)(ids, [], exc)
+            report.retrying.extend(outcome["retrying"])
+            report.failed.extend(outcome["failed"])
+        else:
+            await sync_to_async(self._complete, thread_sensitive=True)(ids, ids, None)
+            report.delivered.extend(ids)
+        return report
+
+    async def arun(
+        self,
+        stop: asyncio.Event | threading.Event | None = None,
+        max_seconds: float | None = None,
+    ) -> int:
+        """Relay until ``stop`` is set (or ``max_seconds`` pass); return how many were delivered."""
+        settings = conf.get_settings()
+        deadline = None if max_seconds is None else time.monotonic() + max_seconds
+        delivered = 0
+        while not (stop is not None and stop.is_set()):
+            if deadline is not None and time.monotonic() >= deadline:
+                break
+            try:
+                report = await self.arun_once()
+            except DatabaseError as exc:  # e.g. SQLite "database is locked": try again
+                logger.warning("Relay pass failed, retrying: %s", exc)
+                report = RelayReport()
+            delivered += len(report.delivered)
+            if not report:
+                await asyncio.sleep(settings.RELAY_POLL_INTERVAL)
+        return delivered
+
+    # -- database steps (sync, in one short transaction each) ----------------
+
+    def _claim_due(self, now: datetime | None, report: RelayReport) -> list[Event[Any]]:
+        settings = conf.get_settings()
+        now = now or timezone.now()
+        connection = connections[self.using]
+        with transaction.atomic(using=self.using):
+            due = (
+                EventRecord.objects.using(self.using)
+                .filter(status=DeliveryStatus.PENDING)
+                .filter(
+                    Q(next_attempt_at__lte=now)
+                    | Q(
+                        next_attempt_at__isnull=True,
+                        timestamp__lte=now - timedelta(seconds=settings.RELAY_SWEEP_AFTER),
+                    )
+                )
+                .order_by("timestamp", "id")
+            )
+            if connection.features.has_select_for_update_skip_locked:
+                due = due.select_for_update(skip_locked=True)
+            rows = list(due[: settings.RELAY_BATCH_SIZE])
+            events: list[Event[Any]] = []
+            for row in rows:
+                try:
+                    events.append(row.to_event())
+                except Exception as exc:
+                    self._mark_corrupted(row, exc)
+                    report.corrupted.append(row.id)
+            self._claim_ids([event.id for event in events], now)
+        return events
+
+    def _claim_ids(self, ids: Sequence[UUID], now: datetime | None = None) -> None:
+        # The lease keeps other workers off these rows while they are being sent.
+        now = now or timezone.now()
+        lease = timedelta(seconds=conf.get_settings().RELAY_CLAIM_SECONDS)
+        with transaction.atomic(using=self.using):
+            EventRecord.objects.using(self.using).filter(id__in=ids).update(
+                attempts=F("attempts") + 1, next_attempt_at=now + lease
+            )
+            assign_sequences(ids, using=self.using)
+
+    def _complete(
+        self, ids: Sequence[UUID], delivered: Sequence[UUID], error: BaseException | None
+    ) -> dict[str, list[UUID]]:
+        now = timezone.now()
+        records = EventRecord.objects.using(self.using)
+        outcome: dict[str, list[UUID]] = {"retrying": [], "failed": []}
+        with transaction.atomic(using=self.using):
+            if delivered:
+                records.filter(id__in=delivered).update(
+                    status=DeliveryStatus.DELIVERED,
+                    delivered_at=now,
+                    next_attempt_at=None,
+                    last_error="",
+                )
+            undelivered = [event_id for event_id in ids if event_id not in set(delivered)]
+            max_attempts = conf.get_settings().RELAY_MAX_ATTEMPTS
+            message = f"{type(error).__name__}: {error}" if error else ""
+            for event_id, attempts in records.filter(id__in=undelivered).values_list(
+                "id", "attempts"
+            ):
+                if attempts >= max_attempts:
+                    records.filter(id=event_id).update(
+                        status=DeliveryStatus.FAILED, next_attempt_at=None, last_error=message
+                    )
+                    outcome["failed"].append(event_id)
+                else:
+                    records.filter(id=event_id).update(
+                        next_attempt_at=now + timedelta(seconds=backoff_seconds(attempts)),
+                        last_error=message,
+                    )
+                    outcome["retrying"].append(event_id)
+        return outcome
+
+    def _mark_corrupted(self, row: EventRecord, exc: Exception) -> None:
+        logger.error(
+            "Event log row %s cannot be read back, marked failed: %s",
+            row.id,
+            exc,
+            extra={"event_id": str(row.id), "event_type": row.type},
+        )
+        EventRecord.objects.using(self.using).filter(id=row.id).update(
+            status=DeliveryStatus.FAILED,
+            next_attempt_at=None,
+            last_error=f"corrupted row: {type(exc).__name__}: {exc}"[:10_000],
+        )
+
+
+_background: set[asyncio.Task[None]] = set()
+
+
+def redeliver(ids: Sequence[UUID], using: str | None = None) -> int:
+    """Queue events for delivery again (admin action); return how many rows changed."""
+    return (
+        EventRecord.objects.using(using or router.db_for_write(EventRecord))
+        .filter(id__in=ids)
+        .update(
+            status=DeliveryStatus.PENDING,
+            attempts=0,
+            next_attempt_at=timezone.now(),
+            last_error="",
+        )
+    )
