@@ -6,6 +6,20 @@ import pytest
 pytest_plugins = ["tests.fixtures_services"]
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _close_worker_thread_connections(django_db_setup, django_db_blocker):
+    """Async tests reach the database from asgiref's worker thread; close its connection
+    before the test database is dropped (PostgreSQL refuses to drop a database in use)."""
+    yield
+    import asyncio
+
+    from asgiref.sync import sync_to_async
+    from django.db import connections
+
+    with django_db_blocker.unblock():
+        asyncio.run(sync_to_async(connections.close_all, thread_sensitive=True)())
+
+
 @pytest.fixture
 def dispatcher():
     """The process-wide dispatcher with no subscriptions but the test's own."""
