@@ -79,6 +79,9 @@ else:
 if os.environ.get("EVENTBUS_TEST_DB_NAME"):
     DATABASES["default"]["NAME"] = os.environ["EVENTBUS_TEST_DB_NAME"]
 
+# Tests log users in often; the fast hasher keeps that cheap.
+PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+
 STATIC_URL = "/static/"
 ASGI_APPLICATION = "tests.asgi.application"
 CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}

@@ -59,9 +59,10 @@ def run_workers(workers: int, sink: CountingSink) -> dict[str, int]:
                     lock_retries[name] += 1
                     time.sleep(0.01)
                     continue
-                if not report and not EventRecord.objects.filter(
-                    status=DeliveryStatus.PENDING
-                ).exists():
+                if (
+                    not report
+                    and not EventRecord.objects.filter(status=DeliveryStatus.PENDING).exists()
+                ):
                     return
         except BaseException as exc:  # surfaced to the test below
             errors.append(exc)

@@ -1,0 +1,308 @@
+"""The admin: a read-only view of the event log and handler failures, plus re-delivery."""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from collections.abc import Iterable, Iterator
+from typing import Any
+from uuid import UUID
+
+from django.contrib import admin, messages
+from django.contrib.admin.views.main import ChangeList
+from django.db.models import Exists, OuterRef, Q, QuerySet
+from django.http import HttpRequest
+from django.urls import reverse
+from django.utils import timezone
+from django.utils.html import format_html
+from django.utils.safestring import SafeString, mark_safe
+from django.utils.text import Truncator
+from django.utils.translation import gettext_lazy as _
+from django.utils.translation import ngettext
+
+from . import relay
+from .catalog import catalog
+from .models import EventRecord, HandlerFailure
+
+CHAIN_LIMIT = 500
+"""At most this many events of one correlation id are drawn on an event's page."""
+
+REDELIVER_BATCH = 500
+
+
+def _parse_uuid(term: str) -> UUID | None:
+    try:
+        return UUID(term.strip())
+    except ValueError:
+        return None
+
+
+class _ReadOnlyAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
+    """Rows are written by the event bus only; staff with view permission may browse."""
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+
+class EventTypeFilter(admin.SimpleListFilter):
+    """Logged types from the catalog, so the list needs no ``SELECT DISTINCT`` over the log.
+
+    Types that have left the catalog are still reachable by search.
+    """
+
+    title = _("type")
+    parameter_name = "type"
+
+    def lookups(
+        self, request: HttpRequest, model_admin: admin.ModelAdmin[Any]
+    ) -> list[tuple[str, str]]:
+        names = sorted(entry.name for entry in catalog if entry.spec.log)
+        current = self.value()
+        if current and current not in names:
+            names.append(current)
+        return [(name, name) for name in names]
+
+    def queryset(self, request: HttpRequest, queryset: QuerySet[Any]) -> QuerySet[Any]:
+        value = self.value()
+        return queryset.filter(type=value) if value else queryset
+
+
+class _EventChangeList(ChangeList):
+    def get_queryset(
+        self, request: HttpRequest, exclude_parameters: list[str | None] | None = None
+    ) -> QuerySet[Any]:
+        # The list never shows payloads, and each can be tens of kilobytes.
+        return super().get_queryset(request, exclude_parameters).defer("payload", "last_error")
+
+
+@admin.register(EventRecord)
+class EventRecordAdmin(_ReadOnlyAdmin):
+    list_display = ("type", "project_id", "actor", "status", "attempts", "timestamp")
+    list_filter = (
+        EventTypeFilter,
+        "actor_type",
+        "status",
+        ("timestamp", admin.DateFieldListFilter),
+    )
+    date_hierarchy = "timestamp"
+    # Only shows the search box: get_search_results() does the searching.
+    search_fields = ("id", "correlation_id", "project_id", "type")
+    search_help_text = _("A full event id, correlation id or project id, or part of an event type.")
+    show_full_result_count = False  # no COUNT(*) over the whole log on every filtered page
+    show_facets = admin.ShowFacets.NEVER  # one COUNT per filter choice is too much for a log
+    actions = ("redeliver_events",)
+    fieldsets = (
+        (None, {"fields": ("id", "type", "timestamp", "project_id", "actor", "payload_json")}),
+        (_("Chain"), {"fields": ("correlation_id", "causation_id", "chain")}),
+        (
+            _("Delivery"),
+            {
+                "fields": (
+                    "status",
+                    "attempts",
+                    "last_error",
+                    "next_attempt_at",
+                    "delivered_at",
+                    "sequence",
+                )
+            },
+        ),
+    )
+    readonly_fields = (
+        "id",
+        "type",
+        "timestamp",
+        "project_id",
+        "actor",
+        "payload_json",
+        "correlation_id",
+        "causation_id",
+        "chain",
+        "status",
+        "attempts",
+        "last_error",
+        "next_attempt_at",
+        "delivered_at",
+        "sequence",
+    )
+
+    def get_changelist(self, request: HttpRequest, **kwargs: Any) -> type[ChangeList]:
+        return _EventChangeList
+
+    def get_search_results(
+        self, request: HttpRequest, queryset: QuerySet[EventRecord], search_term: str
+    ) -> tuple[QuerySet[EventRecord], bool]:
+        """A UUID matches event, correlation or project id; anything else, part of the type."""
+        term = search_term.strip()
+        if not term:
+            return queryset, False
+        uuid = _parse_uuid(term)
+        if uuid is not None:
+            return queryset.filter(Q(id=uuid) | Q(correlation_id=uuid) | Q(project_id=uuid)), False
+        return queryset.filter(type__icontains=term), False
+
+    @admin.display(description=_("actor"), ordering="actor_type")
+    def actor(self, obj: EventRecord) -> str:
+        return f"{obj.actor_type} {obj.actor_id}" if obj.actor_id else obj.actor_type
+
+    @admin.display(description=_("payload"))
+    def payload_json(self, obj: EventRecord) -> SafeString:
+        text = json.dumps(obj.payload, indent=2, sort_keys=True, ensure_ascii=False)
+        return format_html("<pre>{}</pre>", text)
+
+    @admin.display(description=_("events with this correlation id"))
+    def chain(self, obj: EventRecord) -> SafeString:
+        """The correlation's events as a tree by causation id, oldest first, capped."""
+        records = EventRecord.objects.using(obj._state.db).filter(correlation_id=obj.correlation_id)
+        rows = list(
+            records.order_by("timestamp", "id").only("type", "timestamp", "status", "causation_id")[
+                : CHAIN_LIMIT + 1
+            ]
+        )
+        notice = SafeString()
+        if len(rows) > CHAIN_LIMIT:
+            rows = rows[:CHAIN_LIMIT]
+            notice = format_html(
+                "<p>{}</p>",
+                _("Showing the first %(shown)d of %(total)d events.")
+                % {"shown": CHAIN_LIMIT, "total": records.count()},
+            )
+        if obj.pk not in {row.pk for row in rows}:
+            rows.append(obj)
+        tree = mark_safe("".join(self._chain_html(rows, obj)))  # constant tags and format_html()
+        return format_html("{}{}", notice, tree)
+
+    def _chain_html(self, rows: list[EventRecord], current: EventRecord) -> Iterator[str]:
+        # Walked with an explicit stack: deep chains must not hit the recursion limit,
+        # and the visited set stops causation cycles in corrupted data.
+        by_id = {row.pk: row for row in rows}
+        children: dict[UUID, list[EventRecord]] = defaultdict(list)
+        roots = []
+        for row in rows:
+            if row.causation_id in by_id and row.causation_id != row.pk:
+                children[row.causation_id].append(row)
+            else:
+                roots.append(row)  # a first event, or its cause is missing or past the cap
+
+        def tops() -> Iterator[EventRecord]:
+            yield from roots
+            yield from rows  # events on a causation cycle have no root: start from the oldest
+
+        visited: set[UUID] = set()
+        stack: list[Iterator[EventRecord]] = [tops()]
+        yield '<ul class="eventbus-chain">'
+        while stack:
+            node = next(stack[-1], None)
+            if node is None:
+                stack.pop()
+                yield "</ul></li>" if stack else "</ul>"
+                continue
+            if node.pk in visited:
+                continue
+            visited.add(node.pk)
+            yield self._chain_item(node, current)
+            if children[node.pk]:
+                yield "<ul>"
+                stack.append(iter(children[node.pk]))
+            else:
+                yield "</li>"
+
+    def _chain_item(self, row: EventRecord, current: EventRecord) -> str:
+        url = reverse(f"{self.admin_site.name}:eventbus_eventrecord_change", args=[row.pk])
+        label = format_html(
+            '<a href="{}">{}</a> {} · {}',
+            url,
+            row.type,
+            # To the millisecond: a chain's events usually share their minute.
+            timezone.localtime(row.timestamp).isoformat(" ", timespec="milliseconds"),
+            row.get_status_display(),
+        )
+        if row.pk == current.pk:
+            return format_html(
+                '<li class="eventbus-current" aria-current="page"><strong>{}</strong> ({})',
+                label,
+                _("this event"),
+            )
+        return format_html("<li>{}", label)
+
+    @admin.action(permissions=["redeliver"], description=_("Re-deliver selected events"))
+    def redeliver_events(self, request: HttpRequest, queryset: QuerySet[EventRecord]) -> None:
+        count = sum(
+            relay.redeliver(batch, using=queryset.db)
+            for batch in _batches(queryset.values_list("id", flat=True), REDELIVER_BATCH)
+        )
+        self.message_user(
+            request,
+            ngettext(
+                "%(count)d event queued for re-delivery.",
+                "%(count)d events queued for re-delivery.",
+                count,
+            )
+            % {"count": count},
+            messages.SUCCESS,
+        )
+
+    def has_redeliver_permission(self, request: HttpRequest) -> bool:
+        return request.user.has_perm("eventbus.redeliver_eventrecord")
+
+
+def _batches(ids: Iterable[UUID], size: int) -> Iterator[list[UUID]]:
+    # "Select all" can pick the whole log; keep each UPDATE's IN list small.
+    batch: list[UUID] = []
+    for event_id in ids:
+        batch.append(event_id)
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+@admin.register(HandlerFailure)
+class HandlerFailureAdmin(_ReadOnlyAdmin):
+    list_display = ("occurred_at", "event_type", "handler", "event", "error_summary")
+    list_filter = ("event_type", "handler")
+    search_fields = ("event_id", "handler")  # only shows the box; see get_search_results()
+    search_help_text = _("A full event id, or part of a handler's dotted path.")
+    date_hierarchy = "occurred_at"
+    fields = ("event", "event_type", "handler", "error", "traceback_text", "occurred_at")
+    readonly_fields = fields
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[HandlerFailure]:
+        # One query tells, for the whole page, which events are in the log to link to.
+        queryset: QuerySet[HandlerFailure] = super().get_queryset(request)
+        logged = EventRecord.objects.filter(pk=OuterRef("event_id"))
+        return queryset.annotate(event_logged=Exists(logged))
+
+    def get_search_results(
+        self, request: HttpRequest, queryset: QuerySet[HandlerFailure], search_term: str
+    ) -> tuple[QuerySet[HandlerFailure], bool]:
+        """A UUID matches the event id; anything else, part of the handler path."""
+        term = search_term.strip()
+        if not term:
+            return queryset, False
+        uuid = _parse_uuid(term)
+        if uuid is not None:
+            return queryset.filter(event_id=uuid), False
+        return queryset.filter(handler__icontains=term), False
+
+    @admin.display(description=_("event"), ordering="event_id")
+    def event(self, obj: HandlerFailure) -> str:
+        if not getattr(obj, "event_logged", False):
+            return str(obj.event_id)
+        url = reverse(f"{self.admin_site.name}:eventbus_eventrecord_change", args=[obj.event_id])
+        return format_html('<a href="{}">{}</a>', url, obj.event_id)
+
+    @admin.display(description=_("error"))
+    def error_summary(self, obj: HandlerFailure) -> str:
+        return Truncator(obj.error).chars(120)
+
+    @admin.display(description=_("traceback"))
+    def traceback_text(self, obj: HandlerFailure) -> SafeString:
+        return format_html("<pre>{}</pre>", obj.traceback)
