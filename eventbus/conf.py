@@ -27,7 +27,7 @@ class EventBusSettings:
     # Largest accepted payload, in bytes of JSON.
     MAX_PAYLOAD_BYTES: int = 64 * 1024
     # Where committed events go beyond the process: import path of a Sink class, or None.
-    SINK: str | None = "eventbus.sinks.InMemorySink"
+    SINK: str | None = "eventbus.sinks.ChannelLayerSink"
     # Hand each event to the sink right after its commit (the relay is the safety net).
     HAND_OFF_ON_COMMIT: bool = True
     # The relay: rows per batch, attempts before "failed", backoff in seconds.
@@ -40,6 +40,17 @@ class EventBusSettings:
     RELAY_POLL_INTERVAL: float = 0.5
     # How long a relay worker owns the rows it claimed before others may retry them.
     RELAY_CLAIM_SECONDS: float = 60.0
+    # Real-time delivery: the CHANNEL_LAYERS alias, and what picks an event's channels.
+    CHANNEL_LAYER: str = "default"
+    CHANNEL_ROUTER: str = "eventbus.bus.default_channels"
+    # WebSocket consumer: authorization hook (import path of callable(user, channel) -> bool).
+    AUTHORIZE: str | None = None
+    WS_MAX_FRAME_BYTES: int = 4096
+    WS_MAX_SUBSCRIPTIONS: int = 50
+    WS_MAX_ERRORS: int = 20
+    WS_REAUTHORIZE_SECONDS: float = 10.0
+    WS_SEND_TIMEOUT: float = 10.0
+    RESUME_MAX_EVENTS: int = 1000
     unknown_keys: tuple[str, ...] = field(default=())
 
 

@@ -63,3 +63,7 @@ class InvalidHandlerError(EventBusError, TypeError):
 
 class PayloadTooLargeError(EventBusError, ValueError):
     """A payload's JSON is larger than ``EVENTBUS['MAX_PAYLOAD_BYTES']``."""
+
+
+class InvalidChannelError(EventBusError, ValueError):
+    """A channel name that Channels groups cannot hold."""

@@ -34,6 +34,15 @@ class InMemorySink:
         self.events.clear()
 
 
+class ChannelLayerSink:
+    """Broadcasts each event to its channels on the Channels layer (the default sink)."""
+
+    async def send(self, events: Sequence[Event[Any]]) -> None:
+        from .bus import get_event_bus  # imports Channels only when this sink is used
+
+        await get_event_bus().broadcast(events)
+
+
 @functools.cache
 def load_sink(path: str) -> Sink:
     """One sink instance per import path, per process."""

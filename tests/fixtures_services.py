@@ -65,7 +65,7 @@ AsgiServerFactory = Callable[..., AsgiServer]
 
 @pytest.fixture
 def asgi_server_factory() -> Iterator[AsgiServerFactory]:
-    """Start ASGI server processes: ``factory(app="tests.asgi:application", env=None, port=None)``.
+    """Start ASGI server processes: ``factory(app=..., env=None, port=None, server="daphne")``.
 
     Each call returns a started ``AsgiServer``. All of them are stopped when the test ends,
     and the logs of the ones started are printed then, which pytest shows for failed tests.
@@ -77,11 +77,14 @@ def asgi_server_factory() -> Iterator[AsgiServerFactory]:
         env: Mapping[str, str] | None = None,
         port: int | None = None,
         start_timeout: float = 20.0,
+        server: str = "daphne",
     ) -> AsgiServer:
-        server = AsgiServer(app=app, env=env, port=port, start_timeout=start_timeout)
-        started.append(server)
-        server.start()
-        return server
+        process = AsgiServer(
+            app=app, env=env, port=port, start_timeout=start_timeout, server=server
+        )
+        started.append(process)
+        process.start()
+        return process
 
     yield factory
     for server in started:

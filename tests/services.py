@@ -269,7 +269,10 @@ class RedisServer(_Service):
 
 
 class AsgiServer(_Service):
-    """A real ASGI server process: ``python -m daphne -b 127.0.0.1 -p PORT app``.
+    """A real ASGI server process: daphne (default) or uvicorn, on loopback.
+
+    uvicorn's WebSocket implementation applies backpressure (a send waits while the
+    client does not read), which the slow-client tests rely on; daphne buffers instead.
 
     ``env`` is added to this process's environment (for example DJANGO_SETTINGS_MODULE or
     EVENTBUS_TEST_REDIS_URL). The server runs from the repository root with it on
@@ -285,8 +288,12 @@ class AsgiServer(_Service):
         env: Mapping[str, str] | None = None,
         port: int | None = None,
         start_timeout: float = 20.0,
+        server: str = "daphne",
     ) -> None:
         # The default bound is longer than Redis's: importing Django on 2 busy cores is slow.
+        if server not in ("daphne", "uvicorn"):
+            raise ValueError(f"server must be 'daphne' or 'uvicorn', not {server!r}")
+        self.server = server
         self.app = app
         self.env = dict(env or {})
         super().__init__(port, start_timeout)
@@ -300,6 +307,12 @@ class AsgiServer(_Service):
         return f"ws://{self.host}:{self.port}"
 
     def _command(self) -> list[str]:
+        if self.server == "uvicorn":
+            return [
+                sys.executable, "-m", "uvicorn", self.app, "--host", self.host,
+                "--port", str(self.port), "--ws", "websockets", "--no-access-log",
+                "--lifespan", "off",
+            ]  # fmt: skip
         return [sys.executable, "-m", "daphne", "-b", self.host, "-p", str(self.port), self.app]
 
     def _popen_kwargs(self) -> dict[str, Any]:

@@ -84,10 +84,22 @@ PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 
 STATIC_URL = "/static/"
 ASGI_APPLICATION = "tests.asgi.application"
-CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
+# End-to-end tests point server processes at the suite's own redis-server.
+if os.environ.get("EVENTBUS_TEST_REDIS_URL"):
+    CHANNEL_LAYERS = {
+        "default": {
+            "BACKEND": os.environ.get(
+                "EVENTBUS_TEST_LAYER", "channels_redis.core.RedisChannelLayer"
+            ),
+            "CONFIG": {"hosts": [os.environ["EVENTBUS_TEST_REDIS_URL"]]},
+        }
+    }
+else:
+    CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
 
 EVENTBUS = {
     "CATALOGS": ["tests.testapp.events.EVENT_PAYLOAD_MAP"],
+    "AUTHORIZE": "tests.testapp.authorization.may_subscribe",
     # Subprocesses started by tests may adjust settings through the environment.
     **json.loads(os.environ.get("EVENTBUS_TEST_SETTINGS_OVERRIDE", "{}")),
 }

@@ -69,7 +69,9 @@ def test_prune_refuses_a_bad_batch_size():
         run("eventbus_prune", "--older-than", "1d", "--batch-size", "0")
 
 
-@override_settings(EVENTBUS={"CATALOGS": [], "RELAY_SWEEP_AFTER": 0})
+@override_settings(
+    EVENTBUS={"CATALOGS": [], "RELAY_SWEEP_AFTER": 0, "SINK": "eventbus.sinks.InMemorySink"}
+)
 def test_relay_once_delivers_the_backlog():
     from eventbus.sinks import load_sink
 

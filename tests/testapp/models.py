@@ -10,3 +10,10 @@ class Order(models.Model):
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL
     )
     project_id = models.UUIDField(null=True, blank=True)
+
+
+class Membership(models.Model):
+    """Who may watch which project's channel (the test suite's authorization hook)."""
+
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE)
+    project_id = models.UUIDField()

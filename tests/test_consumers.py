@@ -1,0 +1,383 @@
+"""The WebSocket consumer through Channels' WebsocketCommunicator (protocol, auth, resume)."""
+
+import asyncio
+import json
+from datetime import timedelta
+from typing import Any
+from uuid import uuid4
+
+import pytest
+from asgiref.sync import sync_to_async
+from channels.testing import WebsocketCommunicator
+from django.contrib.auth import get_user_model
+from django.test import override_settings
+from django.utils import timezone
+
+from eventbus import apublish
+from eventbus.bus import EventBus
+from eventbus.consumers import EventStreamConsumer
+from eventbus.models import EventRecord
+from eventbus.relay import Relay
+from tests.testapp.events import ShopEvent
+from tests.testapp.models import Membership
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+PROJECT = uuid4()
+CHANNEL = EventBus.get_project_channel(PROJECT)
+SETTINGS = {
+    "CATALOGS": [],
+    "AUTHORIZE": "tests.testapp.authorization.may_subscribe",
+    "WS_REAUTHORIZE_SECONDS": 0.2,
+}
+
+
+@pytest.fixture
+def member(django_user_model):
+    user = django_user_model.objects.create(username="member")
+    Membership.objects.create(user=user, project_id=PROJECT)
+    return user
+
+
+class Client:
+    """A communicator that speaks JSON and times out instead of hanging."""
+
+    def __init__(self, user: Any, session: Any = None) -> None:
+        self.ws = WebsocketCommunicator(EventStreamConsumer.as_asgi(), "/ws/events/")
+        self.ws.scope["user"] = user
+        if session is not None:
+            self.ws.scope["session"] = session
+
+    async def __aenter__(self) -> "Client":
+        connected, _ = await self.ws.connect(timeout=5)
+        assert connected
+        return self
+
+    async def __aexit__(self, *exc: Any) -> None:
+        await self.ws.disconnect()
+
+    async def send(self, frame: Any) -> None:
+        await self.ws.send_to(text_data=frame if isinstance(frame, str) else json.dumps(frame))
+
+    async def recv(self, timeout: float = 5) -> dict[str, Any]:
+        return json.loads(await self.ws.receive_from(timeout=timeout))
+
+    async def nothing(self, timeout: float = 0.2) -> bool:
+        return await self.ws.receive_nothing(timeout=timeout)
+
+    async def subscribe(self, channel: str = CHANNEL, **extra: Any) -> dict[str, Any]:
+        await self.send({"action": "subscribe", "channel": channel, **extra})
+        return await self.recv()
+
+
+async def publish_order(order_id: int, project=PROJECT, **options: Any):
+    return await apublish(
+        ShopEvent.ORDER_DELETED, {"order_id": order_id}, project_id=project, **options
+    )
+
+
+@override_settings(EVENTBUS=SETTINGS)
+async def test_subscribe_then_receive_live_events(member):
+    async with Client(member) as client:
+        assert await client.subscribe() == {"type": "subscribed", "channel": CHANNEL, "replayed": 0}
+        event = await publish_order(1)
+        frame = await client.recv()
+        assert frame["type"] == "event" and frame["channel"] == CHANNEL
+        assert frame["event"]["id"] == str(event.id)
+        assert frame["event"]["payload"] == {"order_id": 1}
+        await publish_order(2, project=uuid4())  # another project's channel
+        assert await client.nothing()
+
+
+@override_settings(EVENTBUS=SETTINGS)
+async def test_private_fields_never_reach_the_socket(member):
+    async with Client(member) as client:
+        await client.subscribe()
+        await apublish(
+            ShopEvent.NOTE_ADDED,
+            {"note_id": uuid4(), "text": "hi", "author_email": "secret@example.com"},
+            project_id=PROJECT,
+        )
+        frame = await client.recv()
+        assert frame["event"]["payload"]["text"] == "hi"
+        assert "author_email" not in frame["event"]["payload"]
+        assert "secret@example.com" not in json.dumps(frame)
+
+
+@override_settings(EVENTBUS=SETTINGS)
+async def test_types_filter(member):
+    async with Client(member) as client:
+        await client.subscribe(types=["order.pl*"])
+        await publish_order(1)  # order.deleted: filtered out
+        placed = await apublish(
+            ShopEvent.ORDER_PLACED, {"order_id": 2, "title": "x"}, project_id=PROJECT
+        )
+        assert (await client.recv())["event"]["id"] == str(placed.id)
+        assert await client.nothing()
+
+
+@override_settings(EVENTBUS=SETTINGS)
+async def test_unsubscribe_stops_events(member):
+    async with Client(member) as client:
+        await client.subscribe()
+        await client.send({"action": "unsubscribe", "channel": CHANNEL})
+        assert await client.recv() == {
+            "type": "unsubscribed",
+            "channel": CHANNEL,
+            "reason": "requested",
+        }
+        await publish_order(1)
+        assert await client.nothing()
+
+
+@override_settings(EVENTBUS=SETTINGS)
+async def test_ping(member):
+    async with Client(member) as client:
+        await client.send({"action": "ping"})
+        assert await client.recv() == {"type": "pong"}
+
+
+BAD_FRAMES = [
+    ("not json", "invalid_json", None, None),
+    ("[1, 2]", "invalid_json", None, None),
+    ({"action": "dance"}, "unknown_action", "dance", None),
+    ({"channel": CHANNEL}, "unknown_action", None, CHANNEL),
+    ({"action": "subscribe"}, "missing_field", "subscribe", None),
+    (
+        {"action": "subscribe", "channel": "bad channel!"},
+        "invalid_channel",
+        "subscribe",
+        "bad channel!",
+    ),
+    ({"action": "subscribe", "channel": "x" * 91}, "invalid_channel", "subscribe", "x" * 91),
+    ({"action": "subscribe", "channel": 42}, "invalid_channel", "subscribe", None),
+    (
+        {"action": "subscribe", "channel": CHANNEL, "since": "yesterday"},
+        "invalid_field",
+        "subscribe",
+        CHANNEL,
+    ),
+    (
+        {"action": "subscribe", "channel": CHANNEL, "types": "order.*"},
+        "invalid_field",
+        "subscribe",
+        CHANNEL,
+    ),
+    (
+        {"action": "subscribe", "channel": CHANNEL, "types": [1]},
+        "invalid_field",
+        "subscribe",
+        CHANNEL,
+    ),
+    ({"action": "unsubscribe", "channel": CHANNEL}, "not_subscribed", "unsubscribe", CHANNEL),
+    (json.dumps({"action": "ping", "pad": "x" * 5000}), "frame_too_large", None, None),
+]
+
+
+@override_settings(EVENTBUS=SETTINGS)
+@pytest.mark.parametrize(("frame", "code", "action", "channel"), BAD_FRAMES)
+async def test_bad_frames_get_an_error_and_the_connection_stays_up(
+    member, frame, code, action, channel
+):
+    async with Client(member) as client:
+        await client.send(frame)
+        error = await client.recv()
+        assert error["type"] == "error" and error["code"] == code and error["message"]
+        assert (error["action"], error["channel"]) == (action, channel)
+        await client.send({"action": "ping"})
+        assert await client.recv() == {"type": "pong"}
+
+
+@override_settings(EVENTBUS=SETTINGS)
+async def test_binary_frames_are_refused(member):
+    async with Client(member) as client:
+        await client.ws.send_to(bytes_data=b"\x00\x01")
+        assert (await client.recv())["code"] == "binary_not_supported"
+        await client.send({"action": "ping"})
+        assert await client.recv() == {"type": "pong"}
+
+
+@override_settings(EVENTBUS=SETTINGS)
+async def test_forbidden_channel(member):
+    other = EventBus.get_project_channel(uuid4())
+    async with Client(member) as client:
+        error = await client.subscribe(other)
+        assert (error["code"], error["channel"], error["action"]) == (
+            "forbidden",
+            other,
+            "subscribe",
+        )
+        await publish_order(1, project=uuid4())
+        assert await client.nothing()
+
+
+@override_settings(EVENTBUS={**SETTINGS, "WS_MAX_SUBSCRIPTIONS": 2})
+async def test_subscription_limit(member, django_user_model):
+    await sync_to_async(django_user_model.objects.filter(pk=member.pk).update)(is_staff=True)
+    member.is_staff = True
+    async with Client(member) as client:
+        for _ in range(2):
+            assert (await client.subscribe(EventBus.get_agent_channel(uuid4())))[
+                "type"
+            ] == "subscribed"
+        error = await client.subscribe(EventBus.get_agent_channel(uuid4()))
+        assert error["code"] == "too_many_subscriptions"
+
+
+@override_settings(EVENTBUS={**SETTINGS, "WS_MAX_ERRORS": 3})
+async def test_abuse_closes_the_connection(member):
+    async with Client(member) as client:
+        for _ in range(3):
+            await client.send("garbage")
+            assert (await client.recv())["code"] == "invalid_json"
+        closed = await client.ws.receive_output(timeout=5)
+        assert (closed["type"], closed["code"]) == ("websocket.close", 1008)
+
+
+@override_settings(EVENTBUS={**SETTINGS, "AUTHORIZE": None})
+async def test_without_a_hook_anonymous_users_are_refused():
+    from django.contrib.auth.models import AnonymousUser
+
+    client = Client(AnonymousUser())
+    connected, _ = await client.ws.connect(timeout=5)
+    assert connected
+    closed = await client.ws.receive_output(timeout=5)
+    assert (closed["type"], closed["code"]) == ("websocket.close", 4401)
+
+
+@override_settings(EVENTBUS={**SETTINGS, "AUTHORIZE": None})
+async def test_without_a_hook_signed_in_users_may_subscribe(member):
+    async with Client(member) as client:
+        assert (await client.subscribe())["type"] == "subscribed"
+
+
+@override_settings(EVENTBUS=SETTINGS)
+async def test_one_bad_client_does_not_affect_another(member):
+    async with Client(member) as good, Client(member) as bad:
+        await good.subscribe()
+        for _ in range(5):
+            await bad.send("\x00garbage")
+        event = await publish_order(1)
+        assert (await good.recv())["event"]["id"] == str(event.id)
+
+
+# -- resume ---------------------------------------------------------------------
+
+
+@override_settings(EVENTBUS=SETTINGS)
+async def test_resume_replays_missed_events_in_order_then_live(member):
+    seen = await publish_order(0)
+    missed = [await publish_order(n) for n in range(1, 4)]
+    async with Client(member) as client:
+        assert (await client.subscribe(since=str(seen.id)))["replayed"] == 3
+        assert [(await client.recv())["event"]["id"] for _ in missed] == [str(e.id) for e in missed]
+        live = await publish_order(9)
+        assert (await client.recv())["event"]["id"] == str(live.id)
+        assert await client.nothing()
+
+
+@override_settings(EVENTBUS=SETTINGS)
+async def test_resume_sends_nothing_twice_at_the_seam(member):
+    """An event both replayed and then relayed live again reaches the client once."""
+    seen = await publish_order(0)
+    missed = await publish_order(1)
+    async with Client(member) as client:
+        await client.subscribe(since=str(seen.id))
+        assert (await client.recv())["event"]["id"] == str(missed.id)
+        await EventBus().publish(CHANNEL, missed)  # e.g. the relay retrying it
+        assert await client.nothing()
+
+
+@override_settings(EVENTBUS=SETTINGS)
+async def test_resume_does_not_skip_events_committed_out_of_id_order(member):
+    """A transaction that began first but committed last is replayed after `since`."""
+    with override_settings(EVENTBUS={**SETTINGS, "HAND_OFF_ON_COMMIT": False}):
+        slow = await publish_order(1)  # created first, handed off late
+    fast = await publish_order(2)  # created second, handed off at once
+    await sync_to_async(Relay().run_once)(timezone.now() + timedelta(seconds=60))
+    assert slow.id < fast.id
+    async with Client(member) as client:
+        # The client saw `fast` live and disconnected before `slow` arrived.
+        assert (await client.subscribe(since=str(fast.id)))["replayed"] == 1
+        assert (await client.recv())["event"]["id"] == str(slow.id)
+
+
+@override_settings(EVENTBUS=SETTINGS)
+async def test_resume_from_an_unknown_event_says_reset(member):
+    async with Client(member) as client:
+        await client.subscribe(since=str(uuid4()))
+        assert await client.recv() == {
+            "type": "reset",
+            "channel": CHANNEL,
+            "reason": "since_unknown",
+        }
+        live = await publish_order(1)
+        assert (await client.recv())["event"]["id"] == str(live.id)
+
+
+@override_settings(EVENTBUS=SETTINGS)
+async def test_resume_from_a_pruned_event_says_reset(member):
+    seen = await publish_order(0)
+    await publish_order(1)
+    await sync_to_async(EventRecord.objects.filter(id=seen.id).delete)()
+    async with Client(member) as client:
+        await client.subscribe(since=str(seen.id))
+        assert (await client.recv())["reason"] == "since_unknown"
+
+
+@override_settings(EVENTBUS={**SETTINGS, "RESUME_MAX_EVENTS": 3})
+async def test_too_many_missed_events_says_reset(member):
+    seen = await publish_order(0)
+    for n in range(4):
+        await publish_order(n)
+    async with Client(member) as client:
+        assert (await client.subscribe(since=str(seen.id)))["replayed"] == 0
+        assert await client.recv() == {
+            "type": "reset",
+            "channel": CHANNEL,
+            "reason": "too_many_missed",
+        }
+
+
+# -- access that ends while the socket is open ------------------------------------
+
+
+@override_settings(EVENTBUS=SETTINGS)
+async def test_lost_membership_unsubscribes_within_the_reauthorize_interval(member):
+    async with Client(member) as client:
+        await client.subscribe()
+        await sync_to_async(Membership.objects.filter(user=member).delete)()
+        frame = await client.recv(timeout=2)
+        assert frame == {"type": "unsubscribed", "channel": CHANNEL, "reason": "forbidden"}
+        await publish_order(1)
+        assert await client.nothing()
+
+
+@override_settings(EVENTBUS=SETTINGS)
+async def test_logout_closes_the_socket_within_the_reauthorize_interval(member):
+    from django.contrib.auth import BACKEND_SESSION_KEY, HASH_SESSION_KEY, SESSION_KEY
+    from django.contrib.sessions.backends.db import SessionStore
+
+    def login() -> SessionStore:
+        session = SessionStore()
+        session[SESSION_KEY] = str(member.pk)
+        session[BACKEND_SESSION_KEY] = "django.contrib.auth.backends.ModelBackend"
+        session[HASH_SESSION_KEY] = member.get_session_auth_hash()
+        session.save()
+        return session
+
+    session = await sync_to_async(login)()
+    async with Client(member, session=session) as client:
+        await client.subscribe()
+        await asyncio.sleep(0.4)
+        assert await client.nothing()  # still signed in: stays open
+        await sync_to_async(SessionStore(session_key=session.session_key).flush)()  # logout
+        closed = await client.ws.receive_output(timeout=2)
+        assert (closed["type"], closed["code"]) == ("websocket.close", 4401)
+
+
+@override_settings(EVENTBUS=SETTINGS)
+async def test_users_other_than_members_are_refused(django_user_model):
+    stranger = await sync_to_async(get_user_model().objects.create)(username="stranger")
+    async with Client(stranger) as client:
+        assert (await client.subscribe())["code"] == "forbidden"
