@@ -1,6 +1,7 @@
 """System checks: every misconfiguration eventbus can see at start-up has an id here.
 
-Ids are never reused. ``E001``-``E009`` cover the catalog, handlers and bridge.
+Ids are never reused. ``E001``-``E009`` cover the catalog, handlers and bridge;
+``E010``-``E014`` and ``W003`` cover delivery beyond the process.
 """
 
 from __future__ import annotations
@@ -9,7 +10,9 @@ from collections.abc import Sequence
 from typing import Any
 
 from django.apps import AppConfig
+from django.conf import settings as django_settings
 from django.core.checks import CheckMessage, Error, Tags, Warning, register
+from django.utils.module_loading import import_string
 
 from . import bridge, conf
 from .catalog import ConfigProblem, catalog
@@ -90,4 +93,98 @@ def check_handlers(
     messages = [_as_message(problem) for problem in get_event_dispatcher().problems]
     for declaration in bridge.registry:
         messages.extend(_as_message(problem) for problem in declaration.check_rules())
+    return messages
+
+
+def _importable(path: str) -> Exception | None:
+    try:
+        import_string(path)
+    except ImportError as exc:
+        return exc
+    return None
+
+
+@register(Tags.compatibility)
+def check_delivery(
+    app_configs: Sequence[AppConfig] | None = None, **kwargs: Any
+) -> list[CheckMessage]:
+    if not isinstance(conf.raw_setting(), dict):
+        return []  # E001 says it; the defaults below would only add noise
+    settings = conf.get_settings()
+    messages: list[CheckMessage] = []
+    if settings.AUTHORIZE is None:
+        messages.append(
+            Warning(
+                "EVENTBUS['AUTHORIZE'] is not set: anonymous WebSocket users are refused, and "
+                "every signed-in user may subscribe to every channel.",
+                hint="Point it at a callable(user, channel) -> bool that checks membership.",
+                id="eventbus.W003",
+            )
+        )
+    elif error := _importable(settings.AUTHORIZE):
+        messages.append(
+            Error(
+                f"EVENTBUS['AUTHORIZE'] = {settings.AUTHORIZE!r} cannot be imported: {error}",
+                hint="Use the dotted path of a callable(user, channel) -> bool.",
+                id="eventbus.E010",
+            )
+        )
+    if settings.SINK is not None:
+        error = _importable(settings.SINK)
+        if error is None and not callable(getattr(import_string(settings.SINK), "send", None)):
+            error = TypeError("it has no send(events) method")
+        if error is not None:
+            messages.append(
+                Error(
+                    f"EVENTBUS['SINK'] = {settings.SINK!r} is not a usable sink: {error}",
+                    hint="Use 'eventbus.sinks.ChannelLayerSink', another Sink class, or None.",
+                    id="eventbus.E011",
+                )
+            )
+        elif settings.SINK == "eventbus.sinks.ChannelLayerSink" and settings.CHANNEL_LAYER not in (
+            getattr(django_settings, "CHANNEL_LAYERS", None) or {}
+        ):
+            messages.append(
+                Error(
+                    f"The sink broadcasts on the channel layer {settings.CHANNEL_LAYER!r}, which "
+                    "settings.CHANNEL_LAYERS does not define.",
+                    hint="Configure CHANNEL_LAYERS (channels_redis in production), set "
+                    "EVENTBUS['CHANNEL_LAYER'] to an alias it has, or set EVENTBUS['SINK'] = None.",
+                    id="eventbus.E012",
+                )
+            )
+    if error := _importable(settings.CHANNEL_ROUTER):
+        messages.append(
+            Error(
+                f"EVENTBUS['CHANNEL_ROUTER'] = {settings.CHANNEL_ROUTER!r} cannot be imported: "
+                f"{error}",
+                hint="Use the dotted path of a callable(event) -> list of channel names.",
+                id="eventbus.E013",
+            )
+        )
+    numbers = {
+        "MAX_PAYLOAD_BYTES": settings.MAX_PAYLOAD_BYTES,
+        "RELAY_BATCH_SIZE": settings.RELAY_BATCH_SIZE,
+        "RELAY_MAX_ATTEMPTS": settings.RELAY_MAX_ATTEMPTS,
+        "WS_MAX_FRAME_BYTES": settings.WS_MAX_FRAME_BYTES,
+        "WS_MAX_SUBSCRIPTIONS": settings.WS_MAX_SUBSCRIPTIONS,
+        "WS_MAX_ERRORS": settings.WS_MAX_ERRORS,
+        "RESUME_MAX_EVENTS": settings.RESUME_MAX_EVENTS,
+        "RELAY_BACKOFF_BASE": settings.RELAY_BACKOFF_BASE,
+        "RELAY_BACKOFF_MAX": settings.RELAY_BACKOFF_MAX,
+        "RELAY_SWEEP_AFTER": settings.RELAY_SWEEP_AFTER,
+        "RELAY_POLL_INTERVAL": settings.RELAY_POLL_INTERVAL,
+        "RELAY_CLAIM_SECONDS": settings.RELAY_CLAIM_SECONDS,
+        "WS_REAUTHORIZE_SECONDS": settings.WS_REAUTHORIZE_SECONDS,
+        "WS_SEND_TIMEOUT": settings.WS_SEND_TIMEOUT,
+    }
+    for name, value in numbers.items():
+        if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+            messages.append(
+                Error(
+                    f"EVENTBUS[{name!r}] must be a positive number, not {value!r}.",
+                    hint="See the settings table in the README for defaults.",
+                    id="eventbus.E014",
+                )
+            )
     return messages

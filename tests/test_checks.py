@@ -32,15 +32,21 @@ def test_setting_must_be_a_dict():
     assert ids(run_checks()) == ["eventbus.E001"]
 
 
-@override_settings(EVENTBUS={"CATALOGS": ["tests.testapp.events.EVENT_PAYLOAD_MAP"], "CATALOG": []})
+@override_settings(
+    EVENTBUS={
+        "CATALOGS": ["tests.testapp.events.EVENT_PAYLOAD_MAP"],
+        "AUTHORIZE": "tests.testapp.authorization.may_subscribe",
+        "CATALOG": [],
+    }
+)
 def test_unknown_setting_keys():
     [message] = run_checks()
     assert message.id == "eventbus.E001" and "CATALOG" in message.msg
 
 
 @override_settings(EVENTBUS={})
-def test_empty_catalog_list_warns():
-    assert ids(run_checks()) == ["eventbus.W001"]
+def test_empty_settings_warn_about_catalogs_and_authorization():
+    assert sorted(ids(run_checks())) == ["eventbus.W001", "eventbus.W003"]
 
 
 @pytest.fixture
@@ -110,3 +116,34 @@ def test_problem_ids_map_to_levels():
 
     assert _as_message(ConfigProblem("eventbus.W009", "m", "h")).level == checks.WARNING
     assert _as_message(ConfigProblem("eventbus.E009", "m", "h")).level == checks.ERROR
+
+
+BASE = {
+    "CATALOGS": ["tests.testapp.events.EVENT_PAYLOAD_MAP"],
+    "AUTHORIZE": "tests.testapp.authorization.may_subscribe",
+}
+
+
+@pytest.mark.parametrize(
+    ("overrides", "expected"),
+    [
+        ({"AUTHORIZE": None}, ["eventbus.W003"]),
+        ({"AUTHORIZE": "tests.nowhere.hook"}, ["eventbus.E010"]),
+        ({"SINK": "tests.nowhere.Sink"}, ["eventbus.E011"]),
+        ({"SINK": "tests.testapp.models.Order"}, ["eventbus.E011"]),
+        ({"SINK": None}, []),
+        ({"CHANNEL_LAYER": "missing"}, ["eventbus.E012"]),
+        ({"CHANNEL_ROUTER": "tests.nowhere.route"}, ["eventbus.E013"]),
+        ({"RELAY_BATCH_SIZE": 0}, ["eventbus.E014"]),
+        ({"WS_SEND_TIMEOUT": "10"}, ["eventbus.E014"]),
+        ({"MAX_PAYLOAD_BYTES": True}, ["eventbus.E014"]),
+    ],
+)
+def test_delivery_settings_are_checked(overrides, expected):
+    with override_settings(EVENTBUS={**BASE, **overrides}):
+        assert ids(run_checks()) == expected
+
+
+def test_missing_channel_layers_setting_is_e012():
+    with override_settings(CHANNEL_LAYERS={}):
+        assert ids(run_checks()) == ["eventbus.E012"]
