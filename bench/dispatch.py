@@ -1,33 +1,22 @@
-"""Dispatch: ``publish`` to 10 sync handlers vs validation + ``Signal.send_robust`` by hand.
+"""1. Dispatch: ``publish`` (log off) to 10 sync handlers vs doing the same by hand.
 
-Both sides validate the same dict into the same payload model and call the same
-10 receivers; they run interleaved in rounds so machine noise hits both alike.
-Run: ``python -m bench.dispatch``.
+By hand: Pydantic validation of the payload, then Django's ``Signal.send_robust`` to 10
+receivers. Both sides validate the same dict into the same model and call the same
+10 receivers, taking turns round by round.
 """
 
 from __future__ import annotations
 
-import json
-import statistics
-import sys
-import time
-from collections.abc import Callable
 from typing import Any
 
+from bench._harness import interleaved, main, per_call_seconds, row
 from bench._setup import setup_django
 
 HANDLERS = 10
-TARGET_RATIO = 0.7
+TARGET = 0.7
 
 
-def _time_per_call(func: Callable[[], Any], calls: int) -> float:
-    start = time.perf_counter()
-    for _ in range(calls):
-        func()
-    return (time.perf_counter() - start) / calls
-
-
-def run(rounds: int = 7, calls: int = 5_000, max_seconds: float = 60.0) -> dict[str, Any]:
+def run(quick: bool = False) -> list[dict[str, Any]]:
     setup_django()
     from django.dispatch import Signal
     from django.test.utils import override_settings
@@ -41,48 +30,53 @@ def run(rounds: int = 7, calls: int = 5_000, max_seconds: float = 60.0) -> dict[
     def receiver(sender: Any, **kwargs: Any) -> None:
         sink.append(kwargs)
 
-    def handler(event: Any) -> None:
-        sink.append(event)
-
-    receivers = [lambda sender, _r=receiver, **kw: _r(sender, **kw) for _ in range(HANDLERS)]
     signal = Signal()
-    for fn in receivers:
-        signal.connect(fn, weak=False)
+    for _ in range(HANDLERS):
+        signal.connect(lambda sender, **kw: receiver(sender, **kw), weak=False)
 
     def by_hand() -> None:
         payload = OrderPlaced.model_validate(data)
         signal.send_robust(sender=ShopEvent.ORDER_PLACED, payload=payload)
 
     dispatcher = get_event_dispatcher()
-    with override_settings(EVENTBUS={"CATALOGS": [], "LOG": False}), dispatcher.isolated():
+    calls = 200 if quick else 5_000
+    with (
+        override_settings(EVENTBUS={"CATALOGS": [], "LOG": False, "SINK": None}),
+        dispatcher.isolated(),
+    ):
         for _ in range(HANDLERS):
-            dispatcher.subscribe(ShopEvent.ORDER_PLACED, lambda e, _h=handler: _h(e))
+            dispatcher.subscribe(ShopEvent.ORDER_PLACED, lambda e: sink.append(e))
 
         def with_eventbus() -> None:
             dispatcher.publish(ShopEvent.ORDER_PLACED, data)
 
-        hand_times, bus_times = [], []
-        deadline = time.monotonic() + max_seconds
-        for _ in range(rounds):
-            hand_times.append(_time_per_call(by_hand, calls))
-            bus_times.append(_time_per_call(with_eventbus, calls))
-            sink.clear()
-            if time.monotonic() > deadline:
-                break
-    hand, bus = statistics.median(hand_times), statistics.median(bus_times)
-    return {
-        "name": "dispatch",
-        "what": f"publish to {HANDLERS} sync handlers vs Pydantic + Signal.send_robust",
-        "eventbus_us": round(bus * 1e6, 2),
-        "anchor_us": round(hand * 1e6, 2),
-        "ratio": round(bus / hand, 3),
-        "target_ratio": TARGET_RATIO,
-        "met": bus / hand <= TARGET_RATIO,
-        "rounds": len(hand_times),
-        "calls_per_round": calls,
-    }
+        def measure(func: Any) -> Any:
+            def sample(_: int) -> float:
+                seconds = per_call_seconds(func, calls)
+                sink.clear()
+                return seconds
+
+            return sample
+
+        medians = interleaved(
+            {"eventbus": measure(with_eventbus), "anchor": measure(by_hand)},
+            rounds=3 if quick else 9,
+            max_seconds=60,
+        )
+    ratio = medians["eventbus"] / medians["anchor"]
+    return [
+        row(
+            "dispatch",
+            f"publish (log off) to {HANDLERS} sync handlers",
+            eventbus=medians["eventbus"] * 1e6,
+            anchor=medians["anchor"] * 1e6,
+            anchor_name="Pydantic validate + Signal.send_robust",
+            unit="µs/event",
+            target=f"≤ {TARGET}×",
+            met=ratio <= TARGET,
+        )
+    ]
 
 
 if __name__ == "__main__":
-    result = run(*(int(arg) for arg in sys.argv[1:3]))
-    print(json.dumps(result, indent=2))
+    main(run)

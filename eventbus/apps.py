@@ -11,7 +11,7 @@ class EventBusConfig(AppConfig):
         from .catalog import catalog
         from .conf import get_settings
         from .dispatcher import get_event_dispatcher
-        from .log import record, record_failure
+        from .log import arecord, record, record_failure
         from .relay import Relay
 
         settings = get_settings()
@@ -19,6 +19,9 @@ class EventBusConfig(AppConfig):
         dispatcher = get_event_dispatcher()
         # The log row must be written first, inside the publisher's transaction.
         dispatcher.publish_listeners.insert(0, record)
-        dispatcher.commit_listeners.append(Relay().hand_off)
+        dispatcher.apublish_listeners.insert(0, arecord)
+        relay = Relay()
+        dispatcher.commit_listeners.append(relay.hand_off)
+        dispatcher.acommit_listeners.append(relay.ahand_off)
         dispatcher.failure_listeners.append(record_failure)
         dispatcher.start(settings.HANDLER_MODULES)

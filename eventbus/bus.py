@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import re
 from collections.abc import Iterable, Sequence
 from types import TracebackType
@@ -30,6 +31,11 @@ MESSAGE_TYPE = "eventbus.event"
 
 _CHANNEL_NAME = re.compile(r"^[A-Za-z0-9._-]{1,90}$")
 _SEND_CONCURRENCY = 64
+# A subscription that lost the layer's server retries after 0.1 s, then 0.2 s, ... up to 2 s.
+_RETRY_FIRST = 0.1
+_RETRY_MAX = 2.0
+
+logger = logging.getLogger("eventbus.bus")
 
 
 def validate_channel(channel: object) -> str:
@@ -168,6 +174,20 @@ class EventBus:
 
 
 class Subscription:
+    """Live events of some channels; survives the channel layer's server restarting.
+
+    Delivery is live only: events sent while the subscription is not in its groups
+    (before it starts, after it closes, while the server is away) are not seen here.
+    When the layer's server goes away (``receive`` raises a connection error, as
+    channels-redis's ``RedisChannelLayer`` does), iteration does not end: it waits
+    (0.1 s, doubling up to 2 s), joins its groups again and goes on. A restarted Redis
+    has forgotten group membership, and a reconnect between two reads can go unnoticed,
+    so while waiting for an event the subscription also re-joins its groups every
+    ``refresh_seconds``. ``RedisPubSubChannelLayer`` re-subscribes by itself.
+    """
+
+    refresh_seconds = 5.0
+
     def __init__(self, bus: EventBus, channels: list[str]) -> None:
         self.bus = bus
         self.channels = channels
@@ -179,6 +199,10 @@ class Subscription:
             return
         self._layer = self.bus.layer
         self.channel_name = await self._layer.new_channel("eventbus.sub.")
+        await self._join()
+
+    async def _join(self) -> None:
+        assert self._layer is not None and self.channel_name is not None
         for channel in self.channels:
             await self._layer.group_add(channel, self.channel_name)
 
@@ -207,8 +231,53 @@ class Subscription:
     async def __anext__(self) -> Event[Any]:
         await self.start()
         assert self._layer is not None and self.channel_name is not None
-        message = await self._layer.receive(self.channel_name)
-        return parse_event(message["event"])
+        delay = _RETRY_FIRST
+        while True:
+            try:
+                message = await self._receive()
+            except Exception as exc:
+                if not _is_connection_error(exc):
+                    raise
+                logger.warning(
+                    "Subscription %s lost the channel layer, joining again in %.1f s: %s",
+                    self.channel_name,
+                    delay,
+                    exc,
+                )
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, _RETRY_MAX)
+                await self._rejoin()
+                continue
+            return parse_event(message["event"])
+
+    async def _receive(self) -> dict[str, Any]:
+        assert self._layer is not None and self.channel_name is not None
+        receive = asyncio.ensure_future(self._layer.receive(self.channel_name))
+        try:
+            while True:
+                done, _ = await asyncio.wait({receive}, timeout=self.refresh_seconds)
+                if done:
+                    message: dict[str, Any] = receive.result()
+                    return message
+                await self._rejoin()
+        finally:
+            receive.cancel()
+
+    async def _rejoin(self) -> None:
+        try:
+            await self._join()
+        except Exception as exc:
+            if not _is_connection_error(exc):
+                raise
+            # Still away: the next receive fails too, and waits longer.
+
+
+def _is_connection_error(exc: BaseException) -> bool:
+    # redis-py's ConnectionError and TimeoutError are not OSErrors; match them by name
+    # rather than import an optional dependency.
+    return isinstance(exc, OSError) or any(
+        cls.__name__ in ("ConnectionError", "TimeoutError") for cls in type(exc).__mro__
+    )
 
 
 def _message(event: Event[Any], channel: str, raw: str | None = None) -> dict[str, Any]:

@@ -80,6 +80,11 @@ class Catalog:
         Raises :class:`UnknownEventTypeError` for anything else.
         """
         try:
+            # A str-Enum member hashes and compares like its value: one lookup on the hot path.
+            return self._entries[event_type]  # type: ignore[index]
+        except (KeyError, TypeError):
+            pass
+        try:
             return self._entries[_key(event_type)]
         except (KeyError, TypeError):
             raise UnknownEventTypeError(event_type) from None

@@ -9,9 +9,10 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
+import sys
 import time
 import typing
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -34,6 +35,9 @@ logger = logging.getLogger("eventbus")
 Handler = Callable[[Any], Any]
 FailureListener = Callable[[Event[Any], str, BaseException], None]
 PublishListener = Callable[[Event[Any], "str | None"], None]
+AsyncPublishListener = Callable[[Event[Any], "str | None"], Awaitable[None]]
+CommitListener = Callable[[Event[Any]], None]
+AsyncCommitListener = Callable[[Event[Any]], Awaitable[None]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,9 +65,13 @@ class EventDispatcher:
         self._started = False
         self._collecting = False
         self.problems: list[ConfigProblem] = []
-        # Hooks for the event log and the test helpers; empty by default.
+        # Hooks for the event log, the relay and the test helpers, each with an async
+        # twin for apublish(); empty by default. Publish listeners run before dispatch,
+        # in the publisher's transaction; commit listeners after dispatch.
         self.publish_listeners: list[PublishListener] = []
-        self.commit_listeners: list[Callable[[Event[Any]], None]] = []
+        self.apublish_listeners: list[AsyncPublishListener] = []
+        self.commit_listeners: list[CommitListener] = []
+        self.acommit_listeners: list[AsyncCommitListener] = []
         self.failure_listeners: list[FailureListener] = []
 
     # -- subscriptions -------------------------------------------------------
@@ -253,16 +261,12 @@ class EventDispatcher:
             correlation_id=correlation_id,
             causation_id=causation_id,
         )
-        if self.publish_listeners or self.commit_listeners:
-            await sync_to_async(self._record_and_commit, thread_sensitive=True)(event, using)
+        for listener in self.apublish_listeners:
+            await listener(event, using)
         await self.adispatch(event)
+        for commit_listener in self.acommit_listeners:
+            await commit_listener(event)
         return event
-
-    def _record_and_commit(self, event: Event[Any], using: str | None) -> None:
-        for listener in self.publish_listeners:
-            listener(event, using)
-        for commit_listener in self.commit_listeners:
-            commit_listener(event)
 
     def _committed(self, event: Event[Any]) -> None:
         self.dispatch(event)
@@ -329,9 +333,14 @@ class EventDispatcher:
 
     def _spawn(self, sub: Subscription, event: Event[Any]) -> None:
         # The task copies the current context, so events it publishes are caused by ``event``.
-        task = asyncio.get_running_loop().create_task(self._run_async(sub, event))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        # Where asyncio can (3.12+), the handler starts eagerly: a handler that finishes
+        # without waiting on anything never costs a trip through the event loop.
+        coroutine = self._run_async(sub, event)
+        loop = asyncio.get_running_loop()
+        task = _eager_task(coroutine, loop) if _EAGER else loop.create_task(coroutine)
+        if not task.done():
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
 
     async def _run_async(self, sub: Subscription, event: Event[Any]) -> None:
         try:
@@ -383,6 +392,13 @@ class EventDispatcher:
             yield self
         finally:
             self._subscriptions = saved
+
+
+_EAGER = sys.version_info >= (3, 12)
+
+
+def _eager_task(coroutine: Any, loop: asyncio.AbstractEventLoop) -> asyncio.Task[None]:
+    return asyncio.Task(coroutine, loop=loop, eager_start=True)  # type: ignore[call-arg]
 
 
 def _in_event_loop() -> bool:

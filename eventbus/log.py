@@ -52,16 +52,34 @@ def is_logged(event: Event[Any]) -> bool:
 
 
 def record(event: Event[Any], using: str | None) -> None:
-    """Insert the event's row in the current transaction of ``using`` (publish listener)."""
+    """Insert the event's row in the current transaction of ``using`` (publish listener).
+
+    Raises for a payload that could not be stored or sent, before anything is written.
+    """
+    row = _row_for(event)
+    if row is not None:
+        row.save(using=using or router.db_for_write(EventRecord), force_insert=True)
+
+
+async def arecord(event: Event[Any], using: str | None) -> None:
+    """Async twin of :func:`record`: touches the database only when the event is logged."""
+    row = _row_for(event)
+    if row is not None:
+        await sync_to_async(row.save, thread_sensitive=True)(
+            using=using or router.db_for_write(EventRecord), force_insert=True
+        )
+
+
+def _row_for(event: Event[Any]) -> EventRecord | None:
     settings = conf.get_settings()
     entry = catalog.resolve(event.type)
     logged = settings.LOG and entry.spec.log
     if not logged and not (entry.spec.broadcast and settings.SINK):
-        return  # neither stored nor sent: no JSON needed
+        return None  # neither stored nor sent: no JSON needed
     payload = payload_json(event)  # refuse what could not be stored or sent
     if not logged:
-        return
-    EventRecord.objects.using(using or router.db_for_write(EventRecord)).create(
+        return None
+    return EventRecord(
         id=event.id,
         type=event.type.value,
         timestamp=event.timestamp,

@@ -90,8 +90,14 @@ class Relay:
             _background.add(task)
             task.add_done_callback(_background.discard)
 
+    async def ahand_off(self, event: Event[Any]) -> None:
+        """Async twin of :meth:`hand_off` (commit listener of ``apublish``)."""
+        sink = self.sink
+        if sink is not None and conf.get_settings().HAND_OFF_ON_COMMIT:
+            await self._ahand_off(sink, event)
+
     async def _ahand_off(self, sink: Sink, event: Event[Any]) -> None:
-        logged = await sync_to_async(is_logged)(event)
+        logged = is_logged(event)
         if logged:
             await sync_to_async(self._claim_ids, thread_sensitive=True)([event.id])
         try:

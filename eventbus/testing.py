@@ -38,8 +38,13 @@ def capture_events(dispatcher: EventDispatcher | None = None) -> Iterator[Captur
     def listener(event: Event[Any], using: str | None) -> None:
         captured.append(event)
 
+    async def alistener(event: Event[Any], using: str | None) -> None:
+        captured.append(event)
+
     dispatcher.publish_listeners.append(listener)
+    dispatcher.apublish_listeners.append(alistener)
     try:
         yield captured
     finally:
         dispatcher.publish_listeners.remove(listener)
+        dispatcher.apublish_listeners.remove(alistener)

@@ -1,0 +1,203 @@
+/**
+ * eventbus.js: the browser client for eventbus's WebSocket stream (docs/protocol.md).
+ * A dependency-free ES module:
+ *
+ *   import { EventBusClient } from "{% static 'eventbus/eventbus.js' %}";
+ *
+ *   const bus = new EventBusClient("/ws/events/", {
+ *     onStatus: (state, detail) => {},  // "connecting", "open", "reconnecting" ({delay, code}),
+ *                                       // "signed_out" (close code 4401), "closed"
+ *     onReset: (channel, reason) => {}, // the missed events cannot be replayed: reload your state
+ *     onError: (frame) => {},           // error frames; also {type: "unsubscribed", reason:
+ *                                       // "forbidden"} when access ends while connected
+ *   });
+ *   const stop = bus.subscribe(channel, { since: null, types: ["ticket.*"] }, (event, channel) => {});
+ *   bus.connect();
+ *   stop();      // the same as bus.unsubscribe(channel)
+ *   bus.close();
+ *
+ * Lost connections come back with exponential backoff and jitter; each channel is then
+ * subscribed again with `since` = the last event id seen on it, so the server replays
+ * what was missed. Events already delivered (by id, the last `dedupeSize` per channel)
+ * are dropped: delivery is at least once. A ping every `pingInterval` ms keeps the
+ * connection alive, and one that stays silent for a whole interval is replaced.
+ * Close code 4401 (signed out) stops the client until connect() is called again.
+ */
+
+const SIGNED_OUT = 4401;
+
+const DEFAULTS = {
+  minDelay: 500, // ms before the first reconnect; doubles on each failed attempt
+  maxDelay: 30000, // ms, the longest wait between attempts
+  pingInterval: 25000, // ms
+  dedupeSize: 1000, // event ids remembered per channel
+};
+
+export class EventBusClient {
+  constructor(url = "/ws/events/", options = {}) {
+    this.url = url;
+    this.options = { ...DEFAULTS, ...options };
+    this.status = "idle";
+    this._channels = new Map(); // channel -> {since, types, onEvent, seen}
+    this._socket = null;
+    this._attempts = 0;
+    this._stopped = true;
+    this._retryTimer = null;
+    this._pingTimer = null;
+    this._heard = false;
+  }
+
+  /** Open the connection (a no-op when it is open or opening). */
+  connect() {
+    this._stopped = false;
+    clearTimeout(this._retryTimer);
+    if (this._socket === null) this._open();
+    return this;
+  }
+
+  /**
+   * Receive the events of `channel` as `onEvent(event, channel)`; return a function that
+   * unsubscribes. `since`: the id of the last event already seen, to replay the ones after
+   * it. `types`: shell-style patterns of the event types wanted (null: all).
+   */
+  subscribe(channel, { since = null, types = null } = {}, onEvent = () => {}) {
+    const previous = this._channels.get(channel);
+    const entry = {
+      since: since ?? previous?.since ?? null,
+      types,
+      onEvent,
+      seen: previous?.seen ?? new Set(),
+    };
+    this._channels.set(channel, entry);
+    this._sendSubscribe(channel, entry);
+    return () => {
+      if (this._channels.get(channel) === entry) this.unsubscribe(channel);
+    };
+  }
+
+  unsubscribe(channel) {
+    if (this._channels.delete(channel)) this._send({ action: "unsubscribe", channel });
+  }
+
+  /** Close the connection for good; subscriptions are kept for a later connect(). */
+  close() {
+    this._stopped = true;
+    clearTimeout(this._retryTimer);
+    const socket = this._socket;
+    this._detach();
+    if (socket !== null) socket.close(1000);
+    this._setStatus("closed");
+  }
+
+  _open() {
+    const socket = new WebSocket(websocketUrl(this.url));
+    this._socket = socket;
+    this._setStatus("connecting");
+    socket.onopen = () => {
+      this._setStatus("open");
+      for (const [channel, entry] of this._channels) this._sendSubscribe(channel, entry);
+      this._startPing();
+    };
+    socket.onmessage = (message) => this._receive(message.data);
+    socket.onclose = (close) => this._closed(close.code);
+  }
+
+  _closed(code) {
+    this._detach();
+    if (this._stopped) return;
+    if (code === SIGNED_OUT) {
+      // Retrying cannot help until the user signs in again.
+      this._stopped = true;
+      this._setStatus("signed_out", { code });
+      return;
+    }
+    const { minDelay, maxDelay } = this.options;
+    const ceiling = Math.min(maxDelay, minDelay * 2 ** this._attempts);
+    // Jitter, so that the tabs a server restart cut off do not all come back at once.
+    const delay = ceiling / 2 + (Math.random() * ceiling) / 2;
+    this._attempts += 1;
+    this._setStatus("reconnecting", { delay, code });
+    this._retryTimer = setTimeout(() => this._open(), delay);
+  }
+
+  _detach() {
+    clearInterval(this._pingTimer);
+    if (this._socket !== null) {
+      this._socket.onopen = this._socket.onmessage = this._socket.onclose = null;
+      this._socket = null;
+    }
+  }
+
+  _startPing() {
+    this._heard = true;
+    this._pingTimer = setInterval(() => {
+      if (!this._heard) {
+        // Not even the last ping's pong came back: the link is dead, though the browser
+        // may take minutes to notice. Drop the socket and reconnect now.
+        const socket = this._socket;
+        this._closed(undefined);
+        socket.close();
+        return;
+      }
+      this._heard = false;
+      this._send({ action: "ping" });
+    }, this.options.pingInterval);
+  }
+
+  _receive(data) {
+    let frame;
+    try {
+      frame = JSON.parse(data);
+    } catch {
+      return;
+    }
+    this._heard = true;
+    this._attempts = 0; // the server answers: the next outage starts from minDelay again
+    const entry = this._channels.get(frame.channel);
+    if (frame.type === "event") {
+      if (entry !== undefined) this._deliver(frame.channel, entry, frame.event);
+    } else if (frame.type === "reset") {
+      if (entry !== undefined) this.options.onReset?.(frame.channel, frame.reason);
+    } else if (frame.type === "unsubscribed") {
+      if (frame.reason === "forbidden" && entry !== undefined) {
+        this._channels.delete(frame.channel);
+        this.options.onError?.(frame);
+      }
+    } else if (frame.type === "error") {
+      // A refused subscribe is not retried on reconnect.
+      if (frame.action === "subscribe") this._channels.delete(frame.channel);
+      this.options.onError?.(frame);
+    }
+  }
+
+  _deliver(channel, entry, event) {
+    if (entry.seen.has(event.id)) return;
+    entry.seen.add(event.id);
+    if (entry.seen.size > this.options.dedupeSize) {
+      entry.seen.delete(entry.seen.values().next().value); // the oldest: Sets keep order
+    }
+    entry.since = event.id;
+    entry.onEvent(event, channel);
+  }
+
+  _sendSubscribe(channel, entry) {
+    this._send({ action: "subscribe", channel, since: entry.since, types: entry.types });
+  }
+
+  _send(frame) {
+    if (this._socket?.readyState === WebSocket.OPEN) this._socket.send(JSON.stringify(frame));
+  }
+
+  _setStatus(state, detail = {}) {
+    this.status = state;
+    this.options.onStatus?.(state, detail);
+  }
+}
+
+/** `url` made absolute against the page, with ws: or wss: to match http: or https:. */
+function websocketUrl(url) {
+  const absolute = new URL(url, window.location.href);
+  if (absolute.protocol === "http:") absolute.protocol = "ws:";
+  if (absolute.protocol === "https:") absolute.protocol = "wss:";
+  return absolute.href;
+}
