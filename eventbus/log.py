@@ -27,15 +27,15 @@ logger = logging.getLogger("eventbus")
 _pending_writes: set[asyncio.Task[None]] = set()
 
 
-def payload_json(event: Event[Any]) -> Any:
-    """The payload as JSON-safe data; refuses what cannot be stored or sent.
+def payload_json(event: Event[Any]) -> bytes:
+    """The payload as JSON; refuses what cannot be stored or sent.
 
     Raises :class:`EventSchemaError` for data JSON cannot hold and
     :class:`PayloadTooLargeError` past ``EVENTBUS['MAX_PAYLOAD_BYTES']``.
     """
     name = str(event.type.value)
     try:
-        raw = event.payload.__pydantic_serializer__.to_json(event.payload)
+        raw: bytes = event.payload.__pydantic_serializer__.to_json(event.payload)
     except (PydanticSerializationError, ValueError, TypeError) as exc:
         raise EventSchemaError(name, [("payload", f"is not JSON-serializable: {exc}")]) from exc
     limit = conf.get_settings().MAX_PAYLOAD_BYTES
@@ -44,7 +44,7 @@ def payload_json(event: Event[Any]) -> Any:
             f"Payload of {name!r} is {len(raw)} bytes of JSON, over the limit of {limit} "
             "(EVENTBUS['MAX_PAYLOAD_BYTES'])."
         )
-    return json.loads(raw)
+    return raw
 
 
 def is_logged(event: Event[Any]) -> bool:
@@ -56,29 +56,84 @@ def record(event: Event[Any], using: str | None) -> None:
 
     Raises for a payload that could not be stored or sent, before anything is written.
     """
-    row = _row_for(event)
-    if row is not None:
-        row.save(using=using or router.db_for_write(EventRecord), force_insert=True)
+    payload = _payload_to_store(event)
+    if payload is not None:
+        _insert(event, payload, using or router.db_for_write(EventRecord))
 
 
 async def arecord(event: Event[Any], using: str | None) -> None:
     """Async twin of :func:`record`: touches the database only when the event is logged."""
-    row = _row_for(event)
-    if row is not None:
-        await sync_to_async(row.save, thread_sensitive=True)(
-            using=using or router.db_for_write(EventRecord), force_insert=True
+    payload = _payload_to_store(event)
+    if payload is not None:
+        await sync_to_async(_insert, thread_sensitive=True)(
+            event, payload, using or router.db_for_write(EventRecord)
         )
 
 
-def _row_for(event: Event[Any]) -> EventRecord | None:
+def _payload_to_store(event: Event[Any]) -> bytes | None:
+    """The payload JSON when the event is logged; validated too when it is only broadcast."""
     settings = conf.get_settings()
     entry = catalog.resolve(event.type)
     logged = settings.LOG and entry.spec.log
     if not logged and not (entry.spec.broadcast and settings.SINK):
         return None  # neither stored nor sent: no JSON needed
     payload = payload_json(event)  # refuse what could not be stored or sent
-    if not logged:
-        return None
+    return payload if logged else None
+
+
+_INSERT_SQL: dict[str, str] = {}
+
+
+def _insert(event: Event[Any], payload: bytes, using: str) -> None:
+    """One INSERT of a pending row.
+
+    This runs once per published event, so on SQLite and PostgreSQL it skips the
+    model-save machinery (signals, per-field compilation) and hands the payload's
+    JSON text straight to the database; elsewhere it saves through the ORM.
+    """
+    connection = connections[using]
+    vendor = connection.vendor
+    if vendor not in ("sqlite", "postgresql"):
+        _row(event, json.loads(payload)).save(using=using, force_insert=True)
+        return
+    sql = _INSERT_SQL.get(vendor)
+    if sql is None:
+        sql = _INSERT_SQL[vendor] = _insert_sql(connection)
+    meta = EventRecord._meta
+    uuid = meta.get_field("id").get_db_prep_save
+    when = meta.get_field("timestamp").get_db_prep_save
+    params = [
+        uuid(event.id, connection),
+        event.type.value,
+        when(event.timestamp, connection),
+        uuid(event.project_id, connection),
+        uuid(event.actor_id, connection),
+        event.actor_type.value,
+        payload.decode(),
+        uuid(event.correlation_id, connection),
+        uuid(event.causation_id, connection),
+    ]
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+
+
+def _insert_sql(connection: Any) -> str:
+    quote = connection.ops.quote_name
+    columns = [
+        "id", "type", "timestamp", "project_id", "actor_id", "actor_type", "payload",
+        "correlation_id", "causation_id", "status", "attempts", "last_error",
+    ]  # fmt: skip
+    placeholders = ["%s"] * 9
+    if connection.vendor == "postgresql":
+        placeholders[6] = "%s::jsonb"
+    values = [*placeholders, "'pending'", "0", "''"]
+    return (
+        f"INSERT INTO {quote(EventRecord._meta.db_table)} "
+        f"({', '.join(quote(c) for c in columns)}) VALUES ({', '.join(values)})"
+    )
+
+
+def _row(event: Event[Any], payload: Any) -> EventRecord:
     return EventRecord(
         id=event.id,
         type=event.type.value,
