@@ -25,12 +25,12 @@ from . import conf
 from .catalog import catalog
 from .envelope import ActorType, Event
 from .exceptions import InvalidChannelError
+from .layers import group_send_many
 
 MESSAGE_TYPE = "eventbus.event"
 """The ``type`` of channel-layer messages; consumers handle it as ``eventbus_event``."""
 
 _CHANNEL_NAME = re.compile(r"^[A-Za-z0-9._-]{1,90}$")
-_SEND_CONCURRENCY = 64
 # A subscription that lost the layer's server retries after 0.1 s, then 0.2 s, ... up to 2 s.
 _RETRY_FIRST = 0.1
 _RETRY_MAX = 2.0
@@ -142,26 +142,18 @@ class EventBus:
         await self.layer.group_send(channel, _message(event, channel))
 
     async def broadcast(self, events: Sequence[Event[Any]]) -> int:
-        """Send each event to its channels, many at once; return how many sends were made.
+        """Send each event to its channels in one batch; return how many sends were made.
 
-        Raises the first error after every send was tried.
+        Raises when the layer did not take the batch (some sends may have gone out:
+        delivery is at least once).
         """
-        layer = self.layer
         sends = [
             (channel, _message(event, channel, raw))
             for event in events
             for raw in (public_json(event),)
             for channel in self.channels_for(event)
         ]
-        for start in range(0, len(sends), _SEND_CONCURRENCY):
-            chunk = sends[start : start + _SEND_CONCURRENCY]
-            results = await asyncio.gather(
-                *(layer.group_send(channel, message) for channel, message in chunk),
-                return_exceptions=True,
-            )
-            for result in results:
-                if isinstance(result, BaseException):
-                    raise result
+        await group_send_many(self.layer, sends)
         return len(sends)
 
     def subscribe(self, channels: Iterable[str]) -> Subscription:
@@ -261,7 +253,9 @@ class Subscription:
                     return message
                 await self._rejoin()
         finally:
-            receive.cancel()
+            if not receive.done():  # we were cancelled: let the layer clean up first
+                receive.cancel()
+                await asyncio.wait({receive})
 
     async def _rejoin(self) -> None:
         try:

@@ -1,0 +1,150 @@
+"""4. Relay into Redis: events per second from the event log to Channels groups.
+
+eventbus's relay (batched claims, concurrent ``group_send``) against a plain loop of
+``await channel_layer.group_send(...)`` over the same events, for one channel layer
+per run (``--layer core`` for RedisChannelLayer, ``--layer pubsub`` for
+RedisPubSubChannelLayer), with ``redis-benchmark`` PUBLISH (plain and pipelined)
+printed beside it as the physical limit. Starts its own redis-server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import shutil
+import subprocess
+import time
+import uuid
+from datetime import timedelta
+from typing import Any
+
+from bench._harness import main, row
+
+TARGET = 4.0
+LAYERS = {
+    "core": "channels_redis.core.RedisChannelLayer",
+    "pubsub": "channels_redis.pubsub.RedisPubSubChannelLayer",
+}
+PROJECTS = 10
+
+
+def redis_benchmark(port: int, requests: int, pipeline: int) -> float | None:
+    """PUBLISH requests per second by redis-benchmark, or None when it is not installed."""
+    binary = shutil.which("redis-benchmark")
+    if binary is None:
+        return None
+    output = subprocess.run(
+        [binary, "-h", "127.0.0.1", "-p", str(port), "-t", "publish", "-n", str(requests),
+         "-P", str(pipeline), "-q"],
+        capture_output=True, text=True, timeout=120, check=True,
+    ).stdout  # fmt: skip
+    match = re.search(r"PUBLISH: ([\d.]+) requests per second", output)
+    return float(match.group(1)) if match else None
+
+
+def run(quick: bool = False, layer: str = "core") -> list[dict[str, Any]]:
+    from tests.services import RedisServer
+
+    with RedisServer() as redis:
+        os.environ["EVENTBUS_TEST_REDIS_URL"] = redis.url
+        os.environ["EVENTBUS_TEST_LAYER"] = LAYERS[layer]
+        os.environ.setdefault("DJANGO_SETTINGS_MODULE", "tests.settings")
+        import django
+
+        django.setup()
+        from django.test.utils import override_settings, setup_databases, teardown_databases
+
+        databases = setup_databases(verbosity=0, interactive=False)
+        try:
+            with override_settings(
+                EVENTBUS={
+                    "CATALOGS": [],
+                    "RELAY_SWEEP_AFTER": 0,
+                    "RELAY_BATCH_SIZE": 500,
+                }
+            ):
+                relay_rate, plain_rate, events = asyncio.run(_measure(quick))
+        finally:
+            teardown_databases(databases, verbosity=0)
+        requests = 10_000 if quick else 200_000
+        publish_plain = redis_benchmark(redis.port, requests, 1)
+        publish_pipelined = redis_benchmark(redis.port, requests, 16)
+    ratio = relay_rate / plain_rate
+    return [
+        row(
+            "relay_redis",
+            f"relay log → {layer} channel layer ({events} events)",
+            eventbus=relay_rate,
+            anchor=plain_rate,
+            anchor_name="plain loop of await group_send",
+            unit="events/s",
+            target=f"≥ {TARGET}×",
+            met=ratio >= TARGET,
+            layer=layer,
+            redis_benchmark_publish=publish_plain,
+            redis_benchmark_publish_pipelined_16=publish_pipelined,
+        )
+    ]
+
+
+async def _measure(quick: bool) -> tuple[float, float, int]:
+    from asgiref.sync import sync_to_async
+    from channels.layers import get_channel_layer
+    from django.utils import timezone
+
+    from eventbus.bus import EventBus, _message
+    from eventbus.envelope import uuid7
+    from eventbus.models import DeliveryStatus, EventRecord
+    from eventbus.relay import Relay
+
+    count = 500 if quick else 10_000
+    layer = get_channel_layer()
+    projects = [uuid.uuid4() for _ in range(PROJECTS)]
+    # One listening channel per project group, as a connected browser would be.
+    for project in projects:
+        await layer.group_add(EventBus.get_project_channel(project), await layer.new_channel())
+
+    def fill() -> list[Any]:
+        EventRecord.objects.all().delete()
+        old = timezone.now() - timedelta(minutes=1)
+        rows = []
+        for n in range(count):
+            event_id = uuid7()
+            rows.append(
+                EventRecord(
+                    id=event_id,
+                    type="order.deleted",
+                    timestamp=old,
+                    project_id=projects[n % PROJECTS],
+                    payload={"order_id": n},
+                    correlation_id=event_id,
+                )
+            )
+        EventRecord.objects.bulk_create(rows, batch_size=500)
+        return [r.to_event() for r in EventRecord.objects.order_by("timestamp", "id")]
+
+    events = await sync_to_async(fill)()
+    relay = Relay()
+    start = time.perf_counter()
+    deadline = time.monotonic() + 300
+    while await relay.arun_once():
+        if time.monotonic() > deadline:
+            raise TimeoutError("the relay did not drain the log in 300 s")
+    relay_seconds = time.perf_counter() - start
+    delivered = await sync_to_async(
+        EventRecord.objects.filter(status=DeliveryStatus.DELIVERED).count
+    )()
+    if delivered != count:
+        raise RuntimeError(f"relay delivered {delivered} of {count}")
+
+    start = time.perf_counter()
+    for event in events:
+        channel = EventBus.get_project_channel(event.project_id)
+        await layer.group_send(channel, _message(event, channel))
+    plain_seconds = time.perf_counter() - start
+    return count / relay_seconds, count / plain_seconds, count
+
+
+if __name__ == "__main__":
+    main(run, layer="core")
