@@ -34,12 +34,13 @@ def redis_benchmark(port: int, requests: int, pipeline: int) -> float | None:
     binary = shutil.which("redis-benchmark")
     if binary is None:
         return None
+    message = "x" * 300  # about the size of an event message on the layer
     output = subprocess.run(
-        [binary, "-h", "127.0.0.1", "-p", str(port), "-t", "publish", "-n", str(requests),
-         "-P", str(pipeline), "-q"],
+        [binary, "-h", "127.0.0.1", "-p", str(port), "-n", str(requests),
+         "-P", str(pipeline), "-q", "PUBLISH", "bench.channel", message],
         capture_output=True, text=True, timeout=120, check=True,
     ).stdout  # fmt: skip
-    match = re.search(r"PUBLISH: ([\d.]+) requests per second", output)
+    match = re.search(r"PUBLISH[^:\r\n]*: ([\d.]+) requests per second", output)
     return float(match.group(1)) if match else None
 
 
