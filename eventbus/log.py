@@ -180,8 +180,8 @@ def _store_failure(event: Event[Any], handler: str, exc: BaseException) -> None:
 def assign_sequences(ids: Iterable[UUID], using: str | None = None) -> None:
     """Number rows that have no sequence yet, in timestamp order, after their commit.
 
-    PostgreSQL draws from a database sequence; other databases take ``MAX + 1``
-    row by row, which their write lock serializes (SQLite).
+    PostgreSQL draws from a database sequence; SQLite numbers on from ``MAX``, which
+    its write lock serializes.
     """
     ids = list(ids)
     if not ids:
@@ -206,17 +206,19 @@ def assign_sequences(ids: Iterable[UUID], using: str | None = None) -> None:
                 [ids],
             )
             return
-        pending = (
-            EventRecord.objects.using(alias)
-            .filter(id__in=ids, sequence__isnull=True)
-            .order_by("timestamp", "id")
-            .values_list("id", flat=True)
-        )
+        # SQLite (3.33+ for UPDATE ... FROM): one statement, serialized by the write lock.
         id_param = EventRecord._meta.pk.get_db_prep_value
-        for event_id in list(pending):
-            cursor.execute(
-                f"UPDATE {table} SET sequence = "
-                f"(SELECT COALESCE(MAX(sequence), 0) + 1 FROM {table}) "
-                "WHERE id = %s AND sequence IS NULL",
-                [id_param(event_id, connection)],
-            )
+        placeholders = ", ".join(["%s"] * len(ids))
+        cursor.execute(
+            f"""
+            UPDATE {table} SET sequence = numbered.seq
+            FROM (
+                SELECT id, ROW_NUMBER() OVER (ORDER BY timestamp, id)
+                    + (SELECT COALESCE(MAX(sequence), 0) FROM {table}) AS seq
+                FROM {table}
+                WHERE id IN ({placeholders}) AND sequence IS NULL
+            ) AS numbered
+            WHERE {table}.id = numbered.id
+            """,
+            [id_param(event_id, connection) for event_id in ids],
+        )

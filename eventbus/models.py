@@ -7,6 +7,7 @@ from typing import Any
 from django.db import models
 from django.utils.translation import gettext_lazy as _
 
+from .catalog import catalog
 from .envelope import ActorType, Event
 
 
@@ -66,16 +67,21 @@ class EventRecord(models.Model):
         return f"{self.type} {self.id}"
 
     def to_event(self) -> Event[Any]:
-        """Rebuild the :class:`Event`; raises if the row no longer fits the catalog."""
-        return Event.model_validate(
+        """Rebuild the :class:`Event`; raises if the row no longer fits the catalog.
+
+        The payload is validated against its model again (rows outlive schema
+        changes); the envelope columns are typed by the database already.
+        """
+        entry = catalog.resolve(self.type)
+        return Event._trusted(
             {
                 "id": self.id,
-                "type": self.type,
+                "type": entry.member,
                 "timestamp": self.timestamp,
                 "project_id": self.project_id,
                 "actor_id": self.actor_id,
-                "actor_type": self.actor_type,
-                "payload": self.payload,
+                "actor_type": ActorType(self.actor_type),
+                "payload": entry.payload_model.model_validate(self.payload),
                 "correlation_id": self.correlation_id,
                 "causation_id": self.causation_id,
             }

@@ -221,7 +221,8 @@ class Relay:
                     next_attempt_at=None,
                     last_error="",
                 )
-            undelivered = [event_id for event_id in ids if event_id not in set(delivered)]
+            delivered_ids = set(delivered)
+            undelivered = [event_id for event_id in ids if event_id not in delivered_ids]
             max_attempts = conf.get_settings().RELAY_MAX_ATTEMPTS
             message = f"{type(error).__name__}: {error}" if error else ""
             for event_id, attempts in records.filter(id__in=undelivered).values_list(
