@@ -6,6 +6,7 @@ The public API is ``__all__``; every other name is private and may change.
 from __future__ import annotations
 
 from .bridge import ModelEvents, OnChange, OnCreate, OnDelete
+from .bus import EventBus, Subscription, get_event_bus
 from .catalog import EventSpec
 from .dispatcher import EventDispatcher, event_handler, get_event_dispatcher
 from .envelope import ActorType, Event, current_event
@@ -14,6 +15,7 @@ from .exceptions import (
     EventBusError,
     EventSchemaError,
     ImproperlyConfiguredCatalog,
+    InvalidChannelError,
     InvalidHandlerError,
     PayloadTooLargeError,
     UnknownEventTypeError,
@@ -24,22 +26,26 @@ __all__ = [
     "ActorType",
     "CatalogConflictError",
     "Event",
+    "EventBus",
     "EventBusError",
     "EventDispatcher",
     "EventSchemaError",
     "EventSpec",
     "ImproperlyConfiguredCatalog",
+    "InvalidChannelError",
     "InvalidHandlerError",
     "ModelEvents",
     "OnChange",
     "OnCreate",
     "OnDelete",
     "PayloadTooLargeError",
+    "Subscription",
     "UnknownEventTypeError",
     "apublish",
     "current_event",
     "event_handler",
     "event_published",
+    "get_event_bus",
     "get_event_dispatcher",
     "publish",
 ]

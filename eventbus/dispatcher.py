@@ -66,8 +66,8 @@ class EventDispatcher:
         self._collecting = False
         self.problems: list[ConfigProblem] = []
         # Hooks for the event log, the relay and the test helpers, each with an async
-        # twin for apublish(); empty by default. Publish listeners run before dispatch,
-        # in the publisher's transaction; commit listeners after dispatch.
+        # twin for apublish(); empty by default. Publish listeners run at publish time,
+        # in the publisher's transaction; commit listeners after the commit, before dispatch.
         self.publish_listeners: list[PublishListener] = []
         self.apublish_listeners: list[AsyncPublishListener] = []
         self.commit_listeners: list[CommitListener] = []
@@ -263,15 +263,17 @@ class EventDispatcher:
         )
         for listener in self.apublish_listeners:
             await listener(event, using)
-        await self.adispatch(event)
         for commit_listener in self.acommit_listeners:
             await commit_listener(event)
+        await self.adispatch(event)
         return event
 
     def _committed(self, event: Event[Any]) -> None:
-        self.dispatch(event)
+        # Hand off before the handlers run, so the events they publish follow this one
+        # out of the process too: live order and sequence numbers keep cause before effect.
         for listener in self.commit_listeners:
             listener(event)
+        self.dispatch(event)
 
     # -- dispatch ------------------------------------------------------------
 

@@ -235,3 +235,18 @@ def test_publisher_killed_after_commit_loses_nothing(sink):
     report = Relay().run_once(now=later(11))
     assert {str(i) for i in report.delivered} == committed
     assert {str(e.id) for e in sink.events} == committed
+
+
+def test_events_published_by_handlers_leave_after_their_cause(dispatcher, sink):
+    """Live order and sequence numbers keep cause before effect."""
+
+    def on_deleted(event):
+        if event.payload.order_id == 1:
+            publish(dispatcher, 2)
+
+    dispatcher.subscribe(ShopEvent.ORDER_DELETED, on_deleted)
+    with transaction.atomic():
+        cause = publish(dispatcher, 1)
+    effect = EventRecord.objects.get(causation_id=cause.id)
+    assert [e.payload.order_id for e in sink.events] == [1, 2]
+    assert EventRecord.objects.get(id=cause.id).sequence < effect.sequence
