@@ -1,5 +1,7 @@
 """The demo site: SQLite and the in-memory channel layer, so it needs no other service."""
 
+import os
+import tempfile
 from pathlib import Path
 
 BASE_DIR = Path(__file__).resolve().parent.parent
@@ -50,7 +52,17 @@ TEMPLATES = [
     }
 ]
 
-DATABASES = {"default": {"ENGINE": "django.db.backends.sqlite3", "NAME": BASE_DIR / "demo.sqlite3"}}
+DATABASES = {
+    "default": {
+        "ENGINE": "django.db.backends.sqlite3",
+        # The demo's tests start a server process on their test database and name it here.
+        "NAME": os.environ.get("EVENTBUS_TEST_DB_NAME") or BASE_DIR / "demo.sqlite3",
+        # A file, not SQLite's in-memory test database, so such a process can share it.
+        "TEST": {
+            "NAME": os.path.join(tempfile.gettempdir(), f"eventbus-demo-{os.getpid()}.sqlite3")
+        },
+    }
+}
 
 AUTH_PASSWORD_VALIDATORS: list[dict[str, str]] = []
 LANGUAGE_CODE = "en-us"
@@ -64,6 +76,8 @@ CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}
 
 EVENTBUS = {
     "CATALOGS": ["project.events.EVENT_PAYLOAD_MAP"],
+    # Who may watch which channel on /ws/events/: project members only.
+    "AUTHORIZE": "project.demo.authorization.may_subscribe",
 }
 
 LOGGING = {

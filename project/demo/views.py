@@ -2,14 +2,16 @@ import random
 import uuid
 
 from django.contrib.auth.decorators import login_required
-from django.http import HttpRequest, HttpResponse
+from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import get_object_or_404, redirect, render
+from django.urls import reverse
 from django.views.decorators.http import require_POST
 
 from eventbus import publish
+from eventbus.bus import EventBus
 from project.events import AppEvent, Priority
 
-from .models import Project
+from .models import Agent, Project
 
 TITLES = [
     "Customer cannot reset password",
@@ -35,11 +37,53 @@ def run_flow(request: HttpRequest, project_id: uuid.UUID) -> HttpResponse:
         if request.POST.get("urgent")
         else random.choice([Priority.LOW, Priority.NORMAL, Priority.HIGH])
     )
-    publish(
+    event = publish(
         AppEvent.TRIAGE_FINISHED,
         {"conversation_id": uuid.uuid4(), "title": random.choice(TITLES), "priority": priority},
         project_id=project.pk,
         actor_id=None,
         actor_type="user",
     )
+    # The live page posts with fetch() and asks for JSON; the index page's form wants HTML.
+    if request.get_preferred_type(["text/html", "application/json"]) == "application/json":
+        return JsonResponse({"id": str(event.id), "type": event.type.value})
     return redirect(request.POST.get("next") or "demo:index")
+
+
+@login_required
+def live(request: HttpRequest) -> HttpResponse:
+    """A project's events as they happen, streamed by static/eventbus/eventbus.js."""
+    projects = [
+        {
+            "id": str(project.pk),
+            "name": project.name,
+            "channel": EventBus.get_project_channel(project.pk),
+            "flow_url": reverse("demo:run-flow", args=[project.pk]),
+        }
+        for project in request.user.projects.order_by("name")  # type: ignore[union-attr]
+    ]
+    try:
+        selected = str(uuid.UUID(request.GET.get("project", "")))
+    except ValueError:
+        selected = ""
+    # Any project may be named in the URL: the authorization hook, not this view, keeps
+    # a project's events to its members (a non-member sees "forbidden").
+    if selected and selected not in {project["id"] for project in projects}:
+        projects.append(
+            {
+                "id": selected,
+                "name": f"Project {selected[:8]} (not a member)",
+                "channel": EventBus.get_project_channel(selected),
+                "flow_url": "",
+            }
+        )
+    agents = Agent.objects.filter(project__members=request.user)
+    return render(
+        request,
+        "demo/live.html",
+        {
+            "projects": projects,
+            "selected": selected,
+            "agent_names": {str(agent.pk): agent.name for agent in agents},
+        },
+    )

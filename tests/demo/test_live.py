@@ -1,0 +1,211 @@
+"""The demo's live page (/live/) and its authorization hook.
+
+Run with the demo's settings (``--ds=project.settings``). The browser tests serve the
+demo with ``daphne project.asgi:application`` on the in-memory channel layer, as
+scripts/demo.sh does: the flow runs in the server process, which also streams it.
+"""
+
+from __future__ import annotations
+
+import io
+from typing import TYPE_CHECKING, Any
+from uuid import uuid4
+
+import pytest
+from django.conf import settings
+from django.contrib.auth import get_user_model
+from django.contrib.auth.models import AnonymousUser
+from django.core.management import call_command
+from django.db import connection
+from django.test import Client
+
+from eventbus.bus import EventBus
+from project.demo.authorization import may_subscribe
+from project.demo.models import Agent, Project
+
+if TYPE_CHECKING:
+    from playwright.sync_api import Page
+
+    from tests.fixtures_services import AsgiServerFactory
+    from tests.services import AsgiServer
+
+# The flow of a ticket that is not urgent (the live page leaves "urgent" unchecked).
+FLOW = [
+    "triage.finished",
+    "ticket.created",
+    "ticket.status_updated",
+    "ticket.assignee_updated",
+    "agent.status_changed",
+    "agent.message",
+]
+SCREENSHOT = "/tmp/eventbus-demo-live.png"
+
+
+@pytest.fixture
+def demo(db: None) -> dict[str, Project]:
+    """The demo's data. Browser tests request it before Chromium: demo_setup publishes, and
+    publish() refuses to run in the thread where Playwright keeps its event loop."""
+    call_command("demo_setup", stdout=io.StringIO())
+    return {project.name: project for project in Project.objects.all()}
+
+
+def user(username: str) -> Any:
+    return get_user_model().objects.get(username=username)
+
+
+# -- the authorization hook ----------------------------------------------------------
+
+
+def test_members_may_watch_their_projects_and_agents(demo: dict[str, Project]) -> None:
+    apollo, borealis = demo["Apollo"], demo["Borealis"]
+    alice = user("alice")
+    assert may_subscribe(alice, EventBus.get_project_channel(apollo.pk))
+    assert may_subscribe(alice, EventBus.get_agent_channel(apollo.agents.first().pk))
+    assert not may_subscribe(alice, EventBus.get_project_channel(borealis.pk))
+    assert not may_subscribe(alice, EventBus.get_agent_channel(borealis.agents.first().pk))
+
+
+@pytest.mark.parametrize(
+    "channel",
+    [
+        "eventbus.project.not-a-uuid",
+        "eventbus.ticket.{hex}",  # a kind of channel the bus does not make
+        "eventbus.project.{dashed}",  # not the bus's spelling of the name
+        "eventbus.project.{unknown}",
+    ],
+)
+def test_everything_else_is_refused(demo: dict[str, Project], channel: str) -> None:
+    apollo = demo["Apollo"]
+    channel = channel.format(hex=apollo.pk.hex, dashed=apollo.pk, unknown=uuid4().hex)
+    assert not may_subscribe(user("alice"), channel)
+
+
+def test_anonymous_users_may_watch_nothing(demo: dict[str, Project]) -> None:
+    assert not may_subscribe(AnonymousUser(), EventBus.get_project_channel(demo["Apollo"].pk))
+
+
+def test_removing_a_member_ends_their_access(demo: dict[str, Project]) -> None:
+    apollo = demo["Apollo"]
+    channel = EventBus.get_project_channel(apollo.pk)
+    assert may_subscribe(user("alice"), channel)
+    apollo.members.remove(user("alice"))
+    assert not may_subscribe(user("alice"), channel)
+
+
+# -- the views -----------------------------------------------------------------------
+
+
+def test_live_page_lists_the_members_projects(demo: dict[str, Project], client: Client) -> None:
+    assert client.get("/live/").status_code == 302  # login required
+    client.force_login(user("alice"))
+    response = client.get("/live/")
+    assert response.status_code == 200
+    assert response.context["projects"] == [
+        {
+            "id": str(demo["Apollo"].pk),
+            "name": "Apollo",
+            "channel": EventBus.get_project_channel(demo["Apollo"].pk),
+            "flow_url": f"/projects/{demo['Apollo'].pk}/flow/",
+        }
+    ]
+    assert b'from "/static/eventbus/eventbus.js"' in response.content
+    assert b'href="/live/"' in client.get("/").content
+
+
+def test_flow_answers_json_when_asked(
+    demo: dict[str, Project], client: Client, django_capture_on_commit_callbacks: Any
+) -> None:
+    client.force_login(user("alice"))
+    with django_capture_on_commit_callbacks(execute=True):
+        response = client.post(
+            f"/projects/{demo['Apollo'].pk}/flow/", HTTP_ACCEPT="application/json"
+        )
+    assert response.status_code == 200
+    assert response.json()["type"] == "triage.finished"
+
+
+# -- in the browser ------------------------------------------------------------------
+
+
+def start_demo(factory: AsgiServerFactory) -> AsgiServer:
+    return factory(
+        app="project.asgi:application",
+        env={
+            "DJANGO_SETTINGS_MODULE": "project.settings",
+            "EVENTBUS_TEST_DB_NAME": str(connection.settings_dict["NAME"]),
+        },
+    )
+
+
+def open_live(page: Page, server: AsgiServer, username: str, query: str = "") -> None:
+    """Sign ``username`` in (a session cookie), open /live/ and wait until it streams."""
+    client = Client()
+    client.force_login(user(username))
+    cookie = settings.SESSION_COOKIE_NAME
+    page.context.add_cookies(
+        [{"name": cookie, "value": client.cookies[cookie].value, "url": server.url}]
+    )
+    page.goto(f"{server.url}/live/{query}")
+    page.locator("#status[data-state=open]").wait_for(timeout=5_000)
+
+
+def shown_types(page: Page) -> list[str]:
+    """Event types on the page, oldest first."""
+    rows = page.locator("#events tr[data-type]")
+    return rows.evaluate_all("rows => rows.map(row => row.dataset.type)")[::-1]
+
+
+def run_flow_and_wait(page: Page) -> list[str]:
+    page.click("#run-flow")
+    page.wait_for_function(
+        "count => document.querySelectorAll('#events tr[data-type]').length >= count",
+        arg=len(FLOW),
+        timeout=5_000,
+    )
+    return shown_types(page)
+
+
+@pytest.mark.browser
+@pytest.mark.django_db(transaction=True)
+def test_a_member_sees_the_flow_live(
+    demo: dict[str, Project], chromium_page: Page, asgi_server_factory: AsgiServerFactory
+) -> None:
+    server = start_demo(asgi_server_factory)
+    chromium_page.set_viewport_size({"width": 1100, "height": 620})
+    open_live(chromium_page, server, "alice")
+    assert chromium_page.locator("#project option").all_text_contents() == ["Apollo"]
+    assert chromium_page.text_content("#status") == "live"
+
+    assert run_flow_and_wait(chromium_page) == FLOW
+    newest = chromium_page.locator("#events tr").first
+    agent = Agent.objects.get(project=demo["Apollo"], status="working")
+    assert newest.locator(".actor").text_content() == f"agent {agent.name}"
+    assert "Picked up" in newest.locator(".summary").text_content()
+    assignment = chromium_page.locator("#events tr[data-type='ticket.assignee_updated']")
+    assert assignment.locator(".summary").text_content() == f"assignee: none → {agent.name}"
+    assert chromium_page.locator("#notices li").count() == 0
+    chromium_page.screenshot(path=SCREENSHOT)
+
+
+@pytest.mark.browser
+@pytest.mark.django_db(transaction=True)
+def test_a_non_member_cannot_watch_another_project(
+    demo: dict[str, Project], chromium_page: Page, asgi_server_factory: AsgiServerFactory
+) -> None:
+    apollo = demo["Apollo"]
+    server = start_demo(asgi_server_factory)
+    bob = chromium_page  # a member of Borealis only
+    open_live(bob, server, "bob", f"?project={apollo.pk}")
+    bob.locator("#notices li.error").wait_for(timeout=5_000)
+    assert bob.text_content("#notices li.error").startswith("forbidden:")
+    assert bob.is_disabled("#run-flow")
+
+    alice = chromium_page.context.browser.new_context().new_page()  # a member of Apollo
+    try:
+        open_live(alice, server, "alice", f"?project={apollo.pk}")
+        assert run_flow_and_wait(alice) == FLOW
+    finally:
+        alice.context.close()
+    # Bob's socket is still up, and none of Apollo's events reached it.
+    assert bob.text_content("#status") == "live"
+    assert shown_types(bob) == []
