@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from collections import defaultdict
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 from uuid import UUID
 
@@ -35,6 +35,19 @@ def _parse_uuid(term: str) -> UUID | None:
         return UUID(term.strip())
     except ValueError:
         return None
+
+
+def _search(
+    queryset: QuerySet[Any], search_term: str, by_uuid: Callable[[UUID], Q], text_field: str
+) -> tuple[QuerySet[Any], bool]:
+    """Search UUID columns exactly (a UUID column cannot be matched by substring), else text."""
+    term = search_term.strip()
+    if not term:
+        return queryset, False
+    uuid = _parse_uuid(term)
+    if uuid is not None:
+        return queryset.filter(by_uuid(uuid)), False
+    return queryset.filter(**{f"{text_field}__icontains": term}), False
 
 
 class _ReadOnlyAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
@@ -139,13 +152,12 @@ class EventRecordAdmin(_ReadOnlyAdmin):
         self, request: HttpRequest, queryset: QuerySet[EventRecord], search_term: str
     ) -> tuple[QuerySet[EventRecord], bool]:
         """A UUID matches event, correlation or project id; anything else, part of the type."""
-        term = search_term.strip()
-        if not term:
-            return queryset, False
-        uuid = _parse_uuid(term)
-        if uuid is not None:
-            return queryset.filter(Q(id=uuid) | Q(correlation_id=uuid) | Q(project_id=uuid)), False
-        return queryset.filter(type__icontains=term), False
+        return _search(
+            queryset,
+            search_term,
+            lambda uuid: Q(id=uuid) | Q(correlation_id=uuid) | Q(project_id=uuid),
+            text_field="type",
+        )
 
     @admin.display(description=_("actor"), ordering="actor_type")
     def actor(self, obj: EventRecord) -> str:
@@ -284,13 +296,7 @@ class HandlerFailureAdmin(_ReadOnlyAdmin):
         self, request: HttpRequest, queryset: QuerySet[HandlerFailure], search_term: str
     ) -> tuple[QuerySet[HandlerFailure], bool]:
         """A UUID matches the event id; anything else, part of the handler path."""
-        term = search_term.strip()
-        if not term:
-            return queryset, False
-        uuid = _parse_uuid(term)
-        if uuid is not None:
-            return queryset.filter(event_id=uuid), False
-        return queryset.filter(handler__icontains=term), False
+        return _search(queryset, search_term, lambda uuid: Q(event_id=uuid), text_field="handler")
 
     @admin.display(description=_("event"), ordering="event_id")
     def event(self, obj: HandlerFailure) -> str:
