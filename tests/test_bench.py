@@ -1,0 +1,81 @@
+"""Smoke test of the benchmark suite: each benchmark runs a few iterations and reports rows.
+
+The real runs are `bash scripts/bench.sh`; timings are never asserted here.
+"""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+KEYS = {"bench", "what", "eventbus", "anchor", "anchor_name", "unit", "ratio", "target", "met"}
+
+
+def run_bench(module: str, *arguments: str) -> list[dict]:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env.pop("DJANGO_SETTINGS_MODULE", None)
+    env.pop("EVENTBUS_TEST_DB", None)
+    done = subprocess.run(
+        [sys.executable, "-m", module, "--quick", *arguments],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    last = done.stdout.strip().splitlines()[-1]
+    assert last.startswith("BENCH_JSON ")
+    rows = json.loads(last.removeprefix("BENCH_JSON "))
+    assert rows, "a benchmark reported nothing"
+    for result in rows:
+        assert set(result) >= KEYS, KEYS - set(result)
+        assert result["eventbus"] > 0 and result["anchor"] > 0
+        assert result["ratio"] == pytest.approx(result["eventbus"] / result["anchor"], rel=0.01)
+        assert result["met"] in (True, False, None)
+    return rows
+
+
+@pytest.mark.parametrize(
+    ("module", "arguments"),
+    [
+        ("bench.dispatch", ()),
+        ("bench.async_dispatch", ()),
+        ("bench.logged_publish", ("--db", "sqlite")),
+    ],
+)
+def test_in_process_benchmarks_run(module, arguments):
+    run_bench(module, *arguments)
+
+
+@pytest.mark.redis
+@pytest.mark.parametrize("layer", ["core", "pubsub"])
+def test_relay_benchmark_runs(redis_server, layer):
+    # redis_server only proves redis-server is installed; the benchmark starts its own.
+    [result] = run_bench("bench.relay_redis", "--layer", layer)
+    assert result["layer"] == layer and result["unit"] == "events/s"
+
+
+def test_runner_writes_json_table(tmp_path):
+    from bench.__main__ import table
+
+    report = {
+        "results": [
+            {
+                "bench": "x",
+                "what": "a thing",
+                "eventbus": 1.5,
+                "anchor": 3.0,
+                "anchor_name": "by hand",
+                "unit": "µs",
+                "ratio": 0.5,
+                "target": "≤ 0.7×",
+                "met": True,
+            }
+        ]
+    }
+    assert "| a thing | 1.5 µs | 3.0 µs | by hand | 0.5× | ≤ 0.7× | yes |" in table(report)
