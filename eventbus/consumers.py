@@ -17,6 +17,7 @@ from typing import Any
 from uuid import UUID
 
 from channels.db import database_sync_to_async
+from channels.exceptions import StopConsumer
 from channels.generic.websocket import AsyncWebsocketConsumer
 from django.utils.module_loading import import_string
 
@@ -79,8 +80,9 @@ class EventStreamConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
         self._reauthorize_task = asyncio.create_task(self._reauthorize_loop())
 
     async def disconnect(self, code: int) -> None:
-        if self._reauthorize_task is not None:
-            self._reauthorize_task.cancel()
+        task = self._reauthorize_task
+        if task is not None and task is not asyncio.current_task():
+            task.cancel()
         layer = self.channel_layer
         for channel in list(getattr(self, "subscriptions", {})):
             await layer.group_discard(channel, self.channel_name)
@@ -204,7 +206,9 @@ class EventStreamConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
             # It reconnects with `since`, and the event log fills the gap.
             logger.warning("Closing WebSocket %s: the client stopped reading", self.channel_name)
             await self.close(code=CLOSE_TOO_SLOW)
-            raise
+            # Stop here. Leave the groups first: ending the consumer skips disconnect().
+            await self.disconnect(CLOSE_TOO_SLOW)
+            raise StopConsumer from None
 
     async def _error(
         self, code: str, message: str, action: str | None, channel: str | None
@@ -236,7 +240,7 @@ class EventStreamConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
     async def _reauthorize_loop(self) -> None:
         """Notice logouts and lost access while the socket stays open."""
         interval = self.settings.WS_REAUTHORIZE_SECONDS
-        with contextlib.suppress(asyncio.CancelledError):
+        with contextlib.suppress(asyncio.CancelledError, StopConsumer):
             while True:
                 await asyncio.sleep(interval)
                 if _is_authenticated(self.user) and not await database_sync_to_async(
