@@ -96,6 +96,50 @@ def check_handlers(
     return messages
 
 
+_REDIS_LAYERS = (
+    "channels_redis.core.RedisChannelLayer",
+    "channels_redis.pubsub.RedisPubSubChannelLayer",
+)
+
+
+def _has_socket_timeout(host: Any) -> bool:
+    if isinstance(host, str):
+        return "socket_timeout=" in host
+    if isinstance(host, dict):
+        return "socket_timeout" in host or _has_socket_timeout(host.get("address", ""))
+    return False  # a (host, port) pair takes the client's defaults
+
+
+@register(Tags.compatibility)
+def check_redis_client(
+    app_configs: Sequence[AppConfig] | None = None, **kwargs: Any
+) -> list[CheckMessage]:
+    """redis-py 8 gives every socket a 5 s timeout, which ends idle blocking reads."""
+    try:
+        import redis
+    except ImportError:
+        return []
+    if int(str(redis.__version__).split(".")[0]) < 8:
+        return []
+    messages: list[CheckMessage] = []
+    for alias, config in (getattr(django_settings, "CHANNEL_LAYERS", None) or {}).items():
+        if config.get("BACKEND") not in _REDIS_LAYERS:
+            continue
+        hosts = config.get("CONFIG", {}).get("hosts") or ["redis://localhost:6379"]
+        if not all(_has_socket_timeout(host) for host in hosts):
+            messages.append(
+                Warning(
+                    f"CHANNEL_LAYERS[{alias!r}] uses channels_redis with redis-py "
+                    f"{redis.__version__}, whose 5 s default socket timeout ends idle "
+                    "blocking reads: WebSocket consumers crash every 5 s without events.",
+                    hint="Give every host an explicit timeout, e.g. "
+                    "{'address': 'redis://…', 'socket_timeout': None}, or install redis<8.",
+                    id="eventbus.W004",
+                )
+            )
+    return messages
+
+
 def _importable(path: str) -> Exception | None:
     try:
         import_string(path)

@@ -147,3 +147,24 @@ def test_delivery_settings_are_checked(overrides, expected):
 def test_missing_channel_layers_setting_is_e012():
     with override_settings(CHANNEL_LAYERS={}):
         assert ids(run_checks()) == ["eventbus.E012"]
+
+
+@pytest.mark.parametrize(
+    ("version", "hosts", "expected"),
+    [
+        ("8.1.0", ["redis://127.0.0.1:6379/0"], ["eventbus.W004"]),
+        ("8.1.0", [("127.0.0.1", 6379)], ["eventbus.W004"]),
+        ("8.1.0", ["redis://127.0.0.1:6379/0?socket_timeout=10"], []),
+        ("8.1.0", [{"address": "redis://127.0.0.1:6379", "socket_timeout": None}], []),
+        ("7.4.0", ["redis://127.0.0.1:6379/0"], []),
+    ],
+)
+def test_redis_py_8_without_socket_timeout_warns(monkeypatch, version, hosts, expected):
+    import redis
+
+    monkeypatch.setattr(redis, "__version__", version)
+    layers = {
+        "default": {"BACKEND": "channels_redis.core.RedisChannelLayer", "CONFIG": {"hosts": hosts}}
+    }
+    with override_settings(CHANNEL_LAYERS=layers):
+        assert ids(run_checks()) == expected
