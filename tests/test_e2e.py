@@ -154,6 +154,40 @@ async def test_an_event_reaches_clients_on_both_servers(
         await on_b.close()
 
 
+async def test_an_event_published_by_one_server_reaches_a_socket_on_the_other(
+    asgi_server_factory: AsgiServerFactory, redis_layer: str, project
+):
+    """Server A publishes (its view commits, its relay hands off); server B's socket gets it."""
+    import urllib.parse
+    import urllib.request
+
+    env = server_env(redis_layer)
+    server_a, server_b = await asyncio.gather(
+        asyncio.to_thread(asgi_server_factory, env=env),
+        asyncio.to_thread(asgi_server_factory, env=env),
+    )
+    session = await sync_to_async(member_session)(project)
+    channel = EventBus.get_project_channel(project)
+    on_b = await Ws.open(server_b, session)
+    try:
+        await on_b.subscribe(channel)
+
+        def post_to_a() -> dict[str, Any]:
+            data = urllib.parse.urlencode({"order_id": 42, "project_id": str(project)}).encode()
+            with urllib.request.urlopen(
+                f"{server_a.url}/js-client/publish/", data, timeout=TIMEOUT
+            ) as r:
+                return json.loads(r.read())
+
+        published = await asyncio.to_thread(post_to_a)
+        frame = await on_b.recv()
+        assert frame["type"] == "event" and frame["event"]["id"] == published["id"]
+        assert frame["event"]["payload"] == {"order_id": 42}
+        assert "Traceback" not in server_a.log_text() + server_b.log_text()
+    finally:
+        await on_b.close()
+
+
 # -- origins, bad input ----------------------------------------------------------------------
 
 
