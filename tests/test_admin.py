@@ -14,7 +14,7 @@ from django.urls import reverse
 from eventbus import admin as eventbus_admin
 from eventbus.models import DeliveryStatus, EventRecord, HandlerFailure
 
-pytestmark = pytest.mark.django_db
+pytestmark = [pytest.mark.django_db, pytest.mark.db_heavy]
 
 CHANGELIST = "admin:eventbus_eventrecord_changelist"
 T0 = datetime(2024, 3, 5, 12, 0, tzinfo=UTC)

@@ -21,7 +21,7 @@ from eventbus.relay import Relay
 from tests.testapp.events import ShopEvent
 from tests.testapp.models import Membership
 
-pytestmark = pytest.mark.django_db(transaction=True)
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.db_heavy]
 
 PROJECT = uuid4()
 CHANNEL = EventBus.get_project_channel(PROJECT)
