@@ -113,7 +113,7 @@ def test_demo_payloads_refuse_extra_fields():
         get_event_dispatcher().build("ticket.closed", {**SAMPLES["ticket.closed"], "surprise": 1})
 
 
-def test_demo_system_checks_are_clean():
+def test_demo_system_checks_are_clean(db):  # model checks may open a cursor (JSONField)
     assert [m for m in checks.run_checks() if m.level >= checks.WARNING] == []
 
 
