@@ -124,9 +124,16 @@ class Relay:
     async def arun_once(self, now: datetime | None = None) -> RelayReport:
         """Async twin of :meth:`run_once`."""
         report = RelayReport()
-        claimed = await sync_to_async(self._claim_due, thread_sensitive=True)(now, report)
+        claimed = await self._aclaim(now, report)
+        await self._adeliver(claimed, report)
+        return report
+
+    async def _aclaim(self, now: datetime | None, report: RelayReport) -> list[Event[Any]]:
+        return await sync_to_async(self._claim_due, thread_sensitive=True)(now, report)
+
+    async def _adeliver(self, claimed: list[Event[Any]], report: RelayReport) -> None:
         if not claimed:
-            return report
+            return
         ids = [event.id for event in claimed]
         sink = self.sink
         try:
@@ -141,28 +148,57 @@ class Relay:
         else:
             await sync_to_async(self._complete, thread_sensitive=True)(ids, ids, None)
             report.delivered.extend(ids)
-        return report
 
     async def arun(
         self,
         stop: asyncio.Event | threading.Event | None = None,
         max_seconds: float | None = None,
+        until_idle: bool = False,
     ) -> int:
-        """Relay until ``stop`` is set (or ``max_seconds`` pass); return how many were delivered."""
+        """Relay until ``stop`` is set, ``max_seconds`` pass, or (``until_idle``) nothing is due.
+
+        While one batch is being sent, the next is already being claimed from the
+        database, so a backlog drains at the pace of the slower of the two. Returns
+        how many events were delivered.
+        """
         settings = conf.get_settings()
         deadline = None if max_seconds is None else time.monotonic() + max_seconds
         delivered = 0
-        while not (stop is not None and stop.is_set()):
-            if deadline is not None and time.monotonic() >= deadline:
-                break
-            try:
-                report = await self.arun_once()
-            except DatabaseError as exc:  # e.g. SQLite "database is locked": try again
-                logger.warning("Relay pass failed, retrying: %s", exc)
-                report = RelayReport()
-            delivered += len(report.delivered)
-            if not report:
-                await asyncio.sleep(settings.RELAY_POLL_INTERVAL)
+        claim: asyncio.Task[list[Event[Any]]] | None = None
+        claim_report = RelayReport()
+
+        def stopping() -> bool:
+            return (stop is not None and stop.is_set()) or (
+                deadline is not None and time.monotonic() >= deadline
+            )
+
+        try:
+            while True:
+                if claim is None:
+                    if stopping():
+                        break
+                    claim_report = RelayReport()
+                    claim = asyncio.create_task(self._aclaim(None, claim_report))
+                report, batch = claim_report, []
+                try:
+                    batch = await claim
+                    claim = None
+                    if batch and not stopping():  # claim the next batch while this one goes
+                        claim_report = RelayReport()
+                        claim = asyncio.create_task(self._aclaim(None, claim_report))
+                    await self._adeliver(batch, report)  # sent even when stopping
+                except DatabaseError as exc:  # e.g. SQLite "database is locked": try again
+                    # Rows claimed but not completed wait out their lease, then retry.
+                    logger.warning("Relay pass failed, retrying: %s", exc)
+                    claim = None if claim is not None and claim.done() else claim
+                delivered += len(report.delivered)
+                if not report and claim is None:
+                    if until_idle:
+                        break
+                    await asyncio.sleep(settings.RELAY_POLL_INTERVAL)
+        finally:
+            if claim is not None:
+                claim.cancel()
         return delivered
 
     # -- database steps (sync, in one short transaction each) ----------------

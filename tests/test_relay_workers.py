@@ -1,5 +1,6 @@
 """Concurrent relay workers over one backlog: every event once, duplicates counted."""
 
+import asyncio
 import threading
 import time
 from collections import Counter
@@ -107,3 +108,30 @@ def test_skip_locked_keeps_workers_apart_on_postgres():
     sink = CountingSink()
     run_workers(2, sink)
     assert len(set(sink.ids)) == len(sink.ids) == BACKLOG
+
+
+@override_settings(EVENTBUS={"CATALOGS": [], "RELAY_BATCH_SIZE": 100})
+async def test_worker_loop_drains_a_backlog_bigger_than_a_batch():
+    """arun() claims the next batch while sending one; every event goes out once, in order."""
+    from asgiref.sync import sync_to_async
+
+    await sync_to_async(make_backlog)(350)
+    sink = CountingSink()
+    delivered = await asyncio.wait_for(Relay(sink=sink).arun(until_idle=True), 60)
+    expected = await sync_to_async(
+        lambda: list(EventRecord.objects.order_by("timestamp", "id").values_list("id", flat=True))
+    )()
+    assert delivered == 350 and sink.ids == expected
+    pending = await sync_to_async(EventRecord.objects.filter(status=DeliveryStatus.PENDING).count)()
+    assert pending == 0
+
+
+@override_settings(EVENTBUS={"CATALOGS": [], "RELAY_BATCH_SIZE": 100})
+async def test_worker_loop_stops_when_asked_and_sends_what_it_claimed():
+    from asgiref.sync import sync_to_async
+
+    await sync_to_async(make_backlog)(250)
+    sink = CountingSink()
+    stop = asyncio.Event()
+    stop.set()  # asked to stop before it starts: nothing is claimed
+    assert await Relay(sink=sink).arun(stop=stop) == 0 and sink.ids == []
