@@ -200,7 +200,9 @@ class EventStreamConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
 
     async def _send_text(self, text: str) -> None:
         try:
-            await asyncio.wait_for(self.send(text_data=text), self.settings.WS_SEND_TIMEOUT)
+            # A timeout scope, not wait_for(): no extra task per frame on the fan-out path.
+            async with asyncio.timeout(self.settings.WS_SEND_TIMEOUT):
+                await self.send(text_data=text)
         except TimeoutError:
             # The client stopped reading: drop it rather than buffer without bound.
             # It reconnects with `since`, and the event log fills the gap.
