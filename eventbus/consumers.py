@@ -10,6 +10,7 @@ import contextlib
 import fnmatch
 import json
 import logging
+import random
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -22,7 +23,7 @@ from channels.generic.websocket import AsyncWebsocketConsumer
 from django.utils.module_loading import import_string
 
 from . import conf
-from .bus import get_event_bus, public_json, validate_channel
+from .bus import MESSAGE_TYPE, get_event_bus, public_json, validate_channel
 from .exceptions import InvalidChannelError
 from .models import EventRecord
 
@@ -178,6 +179,15 @@ class EventStreamConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
 
     # -- events from the channel layer ----------------------------------------
 
+    async def dispatch(self, message: dict[str, Any]) -> None:
+        # Channels closes stale database connections before every handler, through a
+        # thread hop. Live events never touch the database, and on a fan-out to many
+        # sockets that hop was the largest cost, so they skip it.
+        if message.get("type") == MESSAGE_TYPE:
+            await self.eventbus_event(message)
+        else:
+            await super().dispatch(message)
+
     async def eventbus_event(self, message: dict[str, Any]) -> None:
         channel = message["channel"]
         state = self.subscriptions.get(channel)
@@ -242,9 +252,13 @@ class EventStreamConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
     async def _reauthorize_loop(self) -> None:
         """Notice logouts and lost access while the socket stays open."""
         interval = self.settings.WS_REAUTHORIZE_SECONDS
+        # A random first wait spreads the checks of sockets opened together; after it,
+        # every check is at most `interval` after the previous one.
+        wait = random.uniform(0, interval)
         with contextlib.suppress(asyncio.CancelledError, StopConsumer):
             while True:
-                await asyncio.sleep(interval)
+                await asyncio.sleep(wait)
+                wait = interval
                 if _is_authenticated(self.user) and not await database_sync_to_async(
                     _session_still_valid
                 )(self.scope, self.user):
