@@ -215,10 +215,15 @@ class EventStreamConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
                 await self.send(text_data=text)
         except TimeoutError:
             # The client stopped reading: drop it rather than buffer without bound.
-            # It reconnects with `since`, and the event log fills the gap.
+            # It reconnects with `since`, and the event log fills the gap. Leave the
+            # groups first: the close handshake cannot finish while it does not read.
             logger.warning("Closing WebSocket %s: the client stopped reading", self.channel_name)
+            await self.disconnect(CLOSE_TOO_SLOW)
             await self.close(code=CLOSE_TOO_SLOW)
-            # Stop here. Leave the groups first: ending the consumer skips disconnect().
+            raise StopConsumer from None
+        except Exception:
+            # The socket went away under the send (the server raises ClientDisconnected,
+            # an OSError): ending here would skip disconnect() and leave us in the groups.
             await self.disconnect(CLOSE_TOO_SLOW)
             raise StopConsumer from None
 

@@ -310,7 +310,7 @@ class AsgiServer(_Service):
         if self.server == "uvicorn":
             return [
                 sys.executable, "-m", "uvicorn", self.app, "--host", self.host,
-                "--port", str(self.port), "--ws", "websockets", "--no-access-log",
+                "--port", str(self.port), "--ws", "websockets-sansio", "--no-access-log",
                 "--lifespan", "off",
             ]  # fmt: skip
         return [sys.executable, "-m", "daphne", "-b", self.host, "-p", str(self.port), self.app]

@@ -384,3 +384,36 @@ async def test_a_client_that_stops_reading_is_closed_and_memory_stays_bounded(
     assert stalled_frames < SLOW_EVENTS // 2
     assert members == 1
     assert "Traceback" not in server.log_text()
+
+
+async def test_sockets_that_vanish_mid_stream_leave_their_groups(
+    asgi_server_factory: AsgiServerFactory, redis_layer: str, redis_server: RedisServer, project
+):
+    """Clients that drop their TCP connection while events stream leave no group behind."""
+    server = await asyncio.to_thread(
+        asgi_server_factory, env=server_env(redis_layer), server="uvicorn"
+    )
+    session = await sync_to_async(member_session)(project)
+    channel = EventBus.get_project_channel(project)
+    clients = [await Ws.open(server, session) for _ in range(20)]
+    for client in clients:
+        await client.subscribe(channel)
+    assert group_size(redis_server, channel) == 20
+    build = get_event_dispatcher().build
+    sink = ChannelLayerSink()
+    for start in range(0, 1000, 50):
+        await sink.send(
+            [
+                build(ShopEvent.ORDER_PLACED, {"order_id": n, "title": TITLE}, project_id=project)
+                for n in range(start, start + 50)
+            ]
+        )
+        if start == 100:
+            for client in clients:  # gone without a close handshake
+                client.conn.transport.abort()
+    for _ in range(100):
+        if group_size(redis_server, channel) == 0:
+            break
+        await asyncio.sleep(0.1)
+    assert group_size(redis_server, channel) == 0
+    assert "Traceback" not in server.log_text()
