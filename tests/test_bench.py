@@ -79,3 +79,13 @@ def test_runner_writes_json_table(tmp_path):
         ]
     }
     assert "| a thing | 1.5 µs | 3.0 µs | by hand | 0.5× | ≤ 0.7× | yes |" in table(report)
+
+
+@pytest.mark.redis
+def test_end_to_end_benchmark_runs(redis_server):
+    rows = run_bench("bench.e2e")
+    kinds = {result["bench"] for result in rows}
+    assert {"e2e_latency", "e2e_fanout", "e2e_memory", "e2e_stalled_client"} <= kinds
+    for result in rows:
+        if result["bench"] == "e2e_latency":
+            assert {"p50_ms", "p99_ms", "max_ms", "missed", "anchor_p50_ms"} <= set(result)
