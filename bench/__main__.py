@@ -1,6 +1,6 @@
 """Run every benchmark, each in its own process, and report: ``python -m bench``.
 
-Writes ``bench/results/latest.json``, draws ``docs/bench/latency.png`` (latency against
+Writes ``docs/bench/results.json``, draws ``docs/bench/latency.png`` (latency against
 subscribers) and, with ``--update-readme``, rewrites the results section of README.md
 from that JSON: no number in the README is typed by hand.
 """
@@ -20,7 +20,7 @@ from typing import Any
 from bench._harness import JSON_PREFIX
 
 ROOT = Path(__file__).resolve().parent.parent
-RESULTS = ROOT / "bench" / "results" / "latest.json"
+RESULTS = ROOT / "docs" / "bench" / "results.json"
 CHART = ROOT / "docs" / "bench" / "latency.png"
 README = ROOT / "README.md"
 BEGIN, END = "<!-- bench:begin -->", "<!-- bench:end -->"
