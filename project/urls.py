@@ -4,6 +4,7 @@ from django.urls import include, path
 
 urlpatterns = [
     path("admin/", admin.site.urls),
+    path("accounts/", include("django.contrib.auth.urls")),
     path("", include("project.demo.urls")),
     # DEBUG only: runserver serves static files itself, a bare `daphne project.asgi` does not.
     *staticfiles_urlpatterns(),

@@ -179,3 +179,15 @@ def test_index_and_flow_views(demo, client, django_capture_on_commit_callbacks):
     with django_capture_on_commit_callbacks(execute=True):
         assert client.post(f"/projects/{demo.pk}/flow/").status_code == 302
     assert Ticket.objects.filter(project=demo).count() == 1
+
+
+def test_members_sign_in_through_the_demo_login_page(demo, client):
+    """alice is no staff member: the admin's login would refuse her; the demo's own does not."""
+    page = client.get("/live/")
+    assert page.status_code == 302 and page["Location"].startswith("/accounts/login/")
+    assert b"alice / alice" in client.get("/accounts/login/").content
+    response = client.post("/accounts/login/", {"username": "alice", "password": "alice"})
+    assert response.status_code == 302 and response["Location"] == "/live/"
+    assert client.get("/live/").status_code == 200
+    refused = client.post("/accounts/login/", {"username": "alice", "password": "nope"})
+    assert b"Wrong username or password" in refused.content
