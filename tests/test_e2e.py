@@ -1,8 +1,8 @@
 """End to end: real ASGI server processes, a real Redis, and WebSocket clients over TCP.
 
-Events are published from the test process (``apublish`` or ``ChannelLayerSink``) into
-the same Redis the servers use: the test's ``CHANNEL_LAYERS`` is pointed at it, with the
-servers' layer (``RedisChannelLayer``). The servers share the test database
+Events are published from the test process (``apublish`` or ``ChannelLayerSink``), or
+through a server's own view, into the same Redis the servers use: the test's
+``CHANNEL_LAYERS`` is pointed at it, with the servers' layer (``RedisChannelLayer``). The servers share the test database
 (``EVENTBUS_TEST_DB_NAME``), where each test commits its users, memberships and sessions.
 """
 
@@ -117,19 +117,26 @@ def project() -> Any:
 # -- two servers, one Redis ----------------------------------------------------------------
 
 
+async def start_two_servers(
+    factory: AsgiServerFactory, redis_url: str
+) -> tuple[AsgiServer, AsgiServer]:
+    """Two daphne processes on the same Redis and database, started side by side."""
+    env = server_env(redis_url)
+    server_a, server_b = await asyncio.gather(
+        asyncio.to_thread(factory, env=env), asyncio.to_thread(factory, env=env)
+    )
+    return server_a, server_b
+
+
 async def test_an_event_reaches_clients_on_both_servers(
     asgi_server_factory: AsgiServerFactory, redis_layer: str, project
 ):
     """Two daphne processes, one Redis: a member's client on each gets the same event.
 
     The event is published by the test process (log row, hand-off, ChannelLayerSink)
-    into the servers' Redis, not by server A, so that no view is needed in the shared urls.
+    into the servers' Redis; the next test publishes through server A itself.
     """
-    env = server_env(redis_layer)
-    server_a, server_b = await asyncio.gather(
-        asyncio.to_thread(asgi_server_factory, env=env),
-        asyncio.to_thread(asgi_server_factory, env=env),
-    )
+    server_a, server_b = await start_two_servers(asgi_server_factory, redis_layer)
     session = await sync_to_async(member_session)(project)
     channel = EventBus.get_project_channel(project)
     on_a, on_b = await Ws.open(server_a, session), await Ws.open(server_b, session)
@@ -161,11 +168,7 @@ async def test_an_event_published_by_one_server_reaches_a_socket_on_the_other(
     import urllib.parse
     import urllib.request
 
-    env = server_env(redis_layer)
-    server_a, server_b = await asyncio.gather(
-        asyncio.to_thread(asgi_server_factory, env=env),
-        asyncio.to_thread(asgi_server_factory, env=env),
-    )
+    server_a, server_b = await start_two_servers(asgi_server_factory, redis_layer)
     session = await sync_to_async(member_session)(project)
     channel = EventBus.get_project_channel(project)
     on_b = await Ws.open(server_b, session)
