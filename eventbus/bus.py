@@ -228,7 +228,7 @@ class Subscription:
             try:
                 message = await self._receive()
             except Exception as exc:
-                if not _is_connection_error(exc):
+                if not is_connection_error(exc):
                     raise
                 logger.warning(
                     "Subscription %s lost the channel layer, joining again in %.1f s: %s",
@@ -261,12 +261,12 @@ class Subscription:
         try:
             await self._join()
         except Exception as exc:
-            if not _is_connection_error(exc):
+            if not is_connection_error(exc):
                 raise
             # Still away: the next receive fails too, and waits longer.
 
 
-def _is_connection_error(exc: BaseException) -> bool:
+def is_connection_error(exc: BaseException) -> bool:
     # redis-py's ConnectionError and TimeoutError are not OSErrors; match them by name
     # rather than import an optional dependency.
     return isinstance(exc, OSError) or any(

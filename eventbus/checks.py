@@ -214,6 +214,7 @@ def check_delivery(
         "WS_MAX_SUBSCRIPTIONS": settings.WS_MAX_SUBSCRIPTIONS,
         "WS_MAX_ERRORS": settings.WS_MAX_ERRORS,
         "RESUME_MAX_EVENTS": settings.RESUME_MAX_EVENTS,
+        "WS_SEND_QUEUE": settings.WS_SEND_QUEUE,
         "RELAY_BACKOFF_BASE": settings.RELAY_BACKOFF_BASE,
         "RELAY_BACKOFF_MAX": settings.RELAY_BACKOFF_MAX,
         "RELAY_SWEEP_AFTER": settings.RELAY_SWEEP_AFTER,

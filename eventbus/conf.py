@@ -50,6 +50,8 @@ class EventBusSettings:
     WS_MAX_ERRORS: int = 20
     WS_REAUTHORIZE_SECONDS: float = 10.0
     WS_SEND_TIMEOUT: float = 10.0
+    # Frames that may wait for one socket; a socket that falls further behind is closed.
+    WS_SEND_QUEUE: int = 1000
     RESUME_MAX_EVENTS: int = 1000
     unknown_keys: tuple[str, ...] = field(default=())
 

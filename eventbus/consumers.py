@@ -10,21 +10,20 @@ import contextlib
 import fnmatch
 import json
 import logging
-import random
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 from uuid import UUID
 
 from channels.db import database_sync_to_async
-from channels.exceptions import StopConsumer
 from channels.generic.websocket import AsyncWebsocketConsumer
-from django.utils.module_loading import import_string
 
 from . import conf
-from .bus import MESSAGE_TYPE, get_event_bus, public_json, validate_channel
+from .access import get_access_watch, is_authenticated, may_subscribe
+from .bus import get_event_bus, public_json, validate_channel
 from .exceptions import InvalidChannelError
+from .fanout import Outbox, get_fanout
 from .models import EventRecord
 
 logger = logging.getLogger("eventbus.ws")
@@ -42,6 +41,9 @@ class _ChannelState:
     patterns: tuple[str, ...] | None
     # Ids already sent on this channel, so a replayed event is not sent again live.
     recent: OrderedDict[str, None] = field(default_factory=OrderedDict)
+    # Live events that arrived while the subscription was being set up (None: since then).
+    held: list[dict[str, Any]] | None = None
+    overflowed: bool = False
 
     def wants(self, event_type: str) -> bool:
         return self.patterns is None or any(
@@ -64,30 +66,56 @@ class _FrameError(Exception):
 
 
 class EventStreamConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
-    """Streams catalog events to a browser, one Channels group per subscribed channel."""
+    """Streams catalog events to a browser.
 
+    The consumer has no channel-layer channel of its own: the process joins each
+    Channels group once and hands its events to the sockets that subscribed
+    (``eventbus.fanout``). Every frame goes out through the socket's :class:`Outbox`,
+    in order, so a slow socket never holds up the others.
+    """
+
+    channel_layer_alias = None
     subscriptions: dict[str, _ChannelState]
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            # Also when a handler raised: never leave a dead socket in the groups.
+            await self._leave_all()
 
     async def connect(self) -> None:
         self.subscriptions = {}
         self.errors = 0
         self.user = self.scope.get("user")
-        self._reauthorize_task: asyncio.Task[None] | None = None
         self.settings = conf.get_settings()
+        self.fanout = get_fanout(get_event_bus().layer)
+        self.outbox = Outbox(
+            self._send_now,
+            limit=self.settings.WS_SEND_QUEUE,
+            timeout=self.settings.WS_SEND_TIMEOUT,
+            on_failure=self._outbox_failed,
+        )
+        self._side_tasks: set[asyncio.Task[None]] = set()
         await self.accept()
-        if self.settings.AUTHORIZE is None and not _is_authenticated(self.user):
+        if self.settings.AUTHORIZE is None and not is_authenticated(self.user):
             await self.close(code=CLOSE_UNAUTHENTICATED, reason="sign in first")
             return
-        self._reauthorize_task = asyncio.create_task(self._reauthorize_loop())
+        get_access_watch().add(self)
 
     async def disconnect(self, code: int) -> None:
-        task = self._reauthorize_task
-        if task is not None and task is not asyncio.current_task():
-            task.cancel()
-        layer = self.channel_layer
-        for channel in list(getattr(self, "subscriptions", {})):
-            await layer.group_discard(channel, self.channel_name)
-        self.subscriptions = {}
+        await self._leave_all()
+
+    async def _leave_all(self) -> None:
+        subscriptions: dict[str, _ChannelState] = getattr(self, "subscriptions", {})
+        if not hasattr(self, "fanout"):
+            return
+        get_access_watch().remove(self)
+        self.outbox.close()
+        channels = list(subscriptions)
+        subscriptions.clear()
+        for channel in channels:
+            await self.fanout.leave(channel, self)
 
     # -- client frames -------------------------------------------------------
 
@@ -150,26 +178,34 @@ class EventStreamConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
                 "too_many_subscriptions",
                 f"A connection may subscribe to {self.settings.WS_MAX_SUBSCRIPTIONS} channels.",
             )
-        if not await self._authorized(channel):
+        if not await may_subscribe(self.user, channel):
             raise _FrameError("forbidden", f"You may not subscribe to {channel}.")
-        state = _ChannelState(tuple(patterns) if patterns is not None else None)
+        # Live events are held back until the replay is out: the client sees
+        # `subscribed`, the missed events, then live ones, each once.
+        state = _ChannelState(tuple(patterns) if patterns is not None else None, held=[])
         if channel in self.subscriptions:
             state.recent = self.subscriptions[channel].recent
         self.subscriptions[channel] = state
-        await self.channel_layer.group_add(channel, self.channel_name)
+        await self.fanout.join(channel, self)
         replay: list[tuple[str, str, str]] = []
         reset: str | None = None
         if since is not None:
             replay, reset = await database_sync_to_async(_load_replay)(
                 channel, since, state, self.settings.RESUME_MAX_EVENTS
             )
+        if state.overflowed:
+            replay, reset = [], "too_many_missed"
         await self._send_frame({"type": "subscribed", "channel": channel, "replayed": len(replay)})
         if reset is not None:
             await self._send_frame({"type": "reset", "channel": channel, "reason": reset})
         keep = self.settings.RESUME_MAX_EVENTS * 2
         for event_id, _event_type, raw in replay:
             state.first_time(event_id, keep)
-            await self._send_event(channel, raw)
+            await self._send_text(_event_frame(channel, raw))
+        held, state.held = state.held or [], None
+        if not state.overflowed:  # else the client was told to reset: it reloads
+            for message in held:
+                self.deliver(message)
 
     async def _unsubscribe(self, data: dict[str, Any]) -> None:
         channel = _required_channel(data)
@@ -177,55 +213,64 @@ class EventStreamConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
             raise _FrameError("not_subscribed", f"This connection is not subscribed to {channel}.")
         await self._leave(channel, "requested")
 
-    # -- events from the channel layer ----------------------------------------
+    # -- events from the fan-out -----------------------------------------------
 
-    async def dispatch(self, message: dict[str, Any]) -> None:
-        # Channels closes stale database connections before every handler, through a
-        # thread hop. Live events never touch the database, and on a fan-out to many
-        # sockets that hop was the largest cost, so they skip it.
-        if message.get("type") == MESSAGE_TYPE:
-            await self.eventbus_event(message)
-        else:
-            await super().dispatch(message)
-
-    async def eventbus_event(self, message: dict[str, Any]) -> None:
+    def deliver(self, message: dict[str, Any]) -> None:
         channel = message["channel"]
         state = self.subscriptions.get(channel)
         if state is None or not state.wants(message["event_type"]):
             return
-        if not state.first_time(message["id"], self.settings.RESUME_MAX_EVENTS * 2):
+        if state.held is not None:
+            if len(state.held) < self.settings.RESUME_MAX_EVENTS:
+                state.held.append(message)
+            else:
+                state.overflowed = True
             return
-        await self._send_event(channel, message["event"])
+        if state.first_time(message["id"], self.settings.RESUME_MAX_EVENTS * 2):
+            self.outbox.offer(_event_frame(channel, message["event"]))
+
+    def _outbox_failed(self, stalled: bool) -> None:
+        task = asyncio.get_running_loop().create_task(self._give_up(stalled))
+        self._side_tasks.add(task)
+        task.add_done_callback(self._side_tasks.discard)
+
+    async def _give_up(self, stalled: bool) -> None:
+        # Leave the groups first: the close handshake cannot finish while it does not read.
+        await self._leave_all()
+        if stalled:
+            # It reconnects with `since`, and the event log fills the gap.
+            logger.warning("Closing a WebSocket of %s: the client stopped reading", self.user)
+            with contextlib.suppress(Exception):
+                await self.close(code=CLOSE_TOO_SLOW)
+
+    # -- access that ends while the socket is open -------------------------------
+
+    def watched_channels(self) -> list[str]:
+        return list(self.subscriptions)
+
+    async def access_changed(self, signed_out: bool, forbidden: Sequence[str]) -> None:
+        if signed_out:
+            await self._close_after_sending(CLOSE_UNAUTHENTICATED, "signed out")
+            return
+        for channel in forbidden:
+            if channel in self.subscriptions:
+                await self._leave(channel, "forbidden")
 
     # -- helpers ---------------------------------------------------------------
 
-    async def _send_event(self, channel: str, raw_event: str) -> None:
-        # The event is JSON already: splice it in rather than parse and dump it again.
-        await self._send_text(
-            f'{{"type":"event","channel":{json.dumps(channel)},"event":{raw_event}}}'
-        )
+    async def _send_now(self, text: str) -> None:
+        await self.send(text_data=text)
+
+    async def _send_text(self, text: str) -> None:
+        await self.outbox.put(text)
 
     async def _send_frame(self, frame: dict[str, Any]) -> None:
         await self._send_text(json.dumps(frame, separators=(",", ":")))
 
-    async def _send_text(self, text: str) -> None:
-        try:
-            # A timeout scope, not wait_for(): no extra task per frame on the fan-out path.
-            async with asyncio.timeout(self.settings.WS_SEND_TIMEOUT):
-                await self.send(text_data=text)
-        except TimeoutError:
-            # The client stopped reading: drop it rather than buffer without bound.
-            # It reconnects with `since`, and the event log fills the gap. Leave the
-            # groups first: the close handshake cannot finish while it does not read.
-            logger.warning("Closing WebSocket %s: the client stopped reading", self.channel_name)
-            await self.disconnect(CLOSE_TOO_SLOW)
-            await self.close(code=CLOSE_TOO_SLOW)
-            raise StopConsumer from None
-        except Exception:
-            # The socket went away under the send (the server raises ClientDisconnected,
-            # an OSError): ending here would skip disconnect() and leave us in the groups.
-            await self.disconnect(CLOSE_TOO_SLOW)
-            raise StopConsumer from None
+    async def _close_after_sending(self, code: int, reason: str) -> None:
+        await self.outbox.drained()
+        await self._leave_all()
+        await self.close(code=code, reason=reason)
 
     async def _error(
         self, code: str, message: str, action: str | None, channel: str | None
@@ -241,37 +286,17 @@ class EventStreamConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
             }
         )
         if self.errors >= self.settings.WS_MAX_ERRORS:
-            await self.close(code=CLOSE_POLICY_VIOLATION, reason="too many bad frames")
+            await self._close_after_sending(CLOSE_POLICY_VIOLATION, "too many bad frames")
 
     async def _leave(self, channel: str, reason: str) -> None:
         self.subscriptions.pop(channel, None)
-        await self.channel_layer.group_discard(channel, self.channel_name)
+        await self.fanout.leave(channel, self)
         await self._send_frame({"type": "unsubscribed", "channel": channel, "reason": reason})
 
-    async def _authorized(self, channel: str) -> bool:
-        hook = _hook(self.settings.AUTHORIZE)
-        if hook is None:
-            return _is_authenticated(self.user)
-        return bool(await database_sync_to_async(hook)(self.user, channel))
 
-    async def _reauthorize_loop(self) -> None:
-        """Notice logouts and lost access while the socket stays open."""
-        interval = self.settings.WS_REAUTHORIZE_SECONDS
-        # A random first wait spreads the checks of sockets opened together; after it,
-        # every check is at most `interval` after the previous one.
-        wait = random.uniform(0, interval)
-        with contextlib.suppress(asyncio.CancelledError, StopConsumer):
-            while True:
-                await asyncio.sleep(wait)
-                wait = interval
-                if _is_authenticated(self.user) and not await database_sync_to_async(
-                    _session_still_valid
-                )(self.scope, self.user):
-                    await self.close(code=CLOSE_UNAUTHENTICATED, reason="signed out")
-                    return
-                for channel in list(self.subscriptions):
-                    if not await self._authorized(channel):
-                        await self._leave(channel, "forbidden")
+def _event_frame(channel: str, raw_event: str) -> str:
+    # The event is JSON already: splice it in rather than parse and dump it again.
+    return f'{{"type":"event","channel":{json.dumps(channel)},"event":{raw_event}}}'
 
 
 def _required_channel(data: dict[str, Any]) -> str:
@@ -281,37 +306,6 @@ def _required_channel(data: dict[str, Any]) -> str:
         return validate_channel(data["channel"])
     except InvalidChannelError as exc:
         raise _FrameError("invalid_channel", str(exc)) from None
-
-
-def _is_authenticated(user: Any) -> bool:
-    return bool(user is not None and getattr(user, "is_authenticated", False))
-
-
-def _hook(path: str | None) -> Callable[[Any, str], bool] | None:
-    return import_string(path) if path else None
-
-
-def _session_still_valid(scope: dict[str, Any], user: Any) -> bool:
-    """Re-read the session from its store: a logout flushes it.
-
-    A user authenticated some other way (no session in the scope) stays valid.
-    """
-    from django.conf import settings
-    from django.contrib.auth import BACKEND_SESSION_KEY, HASH_SESSION_KEY, SESSION_KEY
-    from django.utils.crypto import constant_time_compare
-
-    session = scope.get("session")
-    if session is None:
-        return True
-    key = session.session_key
-    if key is None:
-        return False
-    engine = import_string(f"{settings.SESSION_ENGINE}.SessionStore")
-    fresh = engine(session_key=key)
-    if str(fresh.get(SESSION_KEY)) != str(user.pk) or BACKEND_SESSION_KEY not in fresh:
-        return False
-    session_hash = fresh.get(HASH_SESSION_KEY)
-    return bool(session_hash) and constant_time_compare(session_hash, user.get_session_auth_hash())
 
 
 def _load_replay(

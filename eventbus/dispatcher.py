@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
-import sys
 import time
 import typing
 from collections.abc import Awaitable, Callable, Iterator, Mapping
@@ -25,6 +24,7 @@ from django.db import transaction
 from django.utils.module_loading import autodiscover_modules
 from pydantic import BaseModel, ValidationError
 
+from ._eager import start_task
 from .catalog import Catalog, CatalogEntry, ConfigProblem, catalog
 from .envelope import ActorType, Event, _current_event, uuid7
 from .exceptions import EventSchemaError, InvalidHandlerError, UnknownEventTypeError
@@ -337,9 +337,7 @@ class EventDispatcher:
         # The task copies the current context, so events it publishes are caused by ``event``.
         # Where asyncio can (3.12+), the handler starts eagerly: a handler that finishes
         # without waiting on anything never costs a trip through the event loop.
-        coroutine = self._run_async(sub, event)
-        loop = asyncio.get_running_loop()
-        task = _eager_task(coroutine, loop) if _EAGER else loop.create_task(coroutine)
+        task = start_task(self._run_async(sub, event))
         if not task.done():
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
@@ -394,13 +392,6 @@ class EventDispatcher:
             yield self
         finally:
             self._subscriptions = saved
-
-
-_EAGER = sys.version_info >= (3, 12)
-
-
-def _eager_task(coroutine: Any, loop: asyncio.AbstractEventLoop) -> asyncio.Task[None]:
-    return asyncio.Task(coroutine, loop=loop, eager_start=True)  # type: ignore[call-arg]
 
 
 def _in_event_loop() -> bool:

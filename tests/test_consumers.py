@@ -2,20 +2,23 @@
 
 import asyncio
 import json
+import time
 from datetime import timedelta
 from typing import Any
 from uuid import uuid4
 
 import pytest
-from asgiref.sync import sync_to_async
+from asgiref.sync import async_to_sync, sync_to_async
 from channels.testing import WebsocketCommunicator
 from django.contrib.auth import get_user_model
 from django.test import override_settings
 from django.utils import timezone
 
-from eventbus import apublish
-from eventbus.bus import EventBus
+from eventbus import access, apublish, consumers
+from eventbus.access import get_access_watch
+from eventbus.bus import EventBus, get_event_bus
 from eventbus.consumers import EventStreamConsumer
+from eventbus.fanout import get_fanout
 from eventbus.models import EventRecord
 from eventbus.relay import Relay
 from tests.testapp.events import ShopEvent
@@ -381,3 +384,162 @@ async def test_users_other_than_members_are_refused(django_user_model):
     stranger = await sync_to_async(get_user_model().objects.create)(username="stranger")
     async with Client(stranger) as client:
         assert (await client.subscribe())["code"] == "forbidden"
+
+
+# -- one process, many sockets ------------------------------------------------------
+
+
+@override_settings(EVENTBUS=SETTINGS)
+async def test_many_sockets_share_one_group_membership(member):
+    layer = get_event_bus().layer
+    async with Client(member) as a, Client(member) as b, Client(member) as c:
+        for client in (a, b, c):
+            await client.subscribe()
+        fanout = get_fanout(layer)
+        assert list(layer.groups[CHANNEL]) == [fanout.channel_name]
+        assert len(fanout.members(CHANNEL)) == 3
+        event = await publish_order(1)
+        for client in (a, b, c):
+            assert (await client.recv())["event"]["id"] == str(event.id)
+        await b.send({"action": "unsubscribe", "channel": CHANNEL})
+        await b.recv()
+        assert len(fanout.members(CHANNEL)) == 2
+    assert fanout.members(CHANNEL) == []
+    assert not layer.groups.get(CHANNEL)
+
+
+def replay_with_live_events(monkeypatch, before: list[int], after: list[int]) -> None:
+    """Publish live events while the consumer reads its replay from the log."""
+    original = consumers._load_replay
+
+    def load(*args: Any) -> Any:
+        for n in before:
+            async_to_sync(publish_order)(n)
+        found = original(*args)
+        for n in after:
+            async_to_sync(publish_order)(n)
+        time.sleep(0.2)  # the fan-out hands them to the subscribing socket meanwhile
+        return found
+
+    monkeypatch.setattr(consumers, "_load_replay", load)
+
+
+@override_settings(EVENTBUS=SETTINGS)
+async def test_live_events_during_the_replay_follow_it_each_once(member, monkeypatch):
+    seen = await publish_order(0)
+    missed = await publish_order(1)
+    replay_with_live_events(monkeypatch, before=[2], after=[3])
+    async with Client(member) as client:
+        assert (await client.subscribe(since=str(seen.id)))["replayed"] == 2
+        got = [(await client.recv())["event"]["payload"]["order_id"] for _ in range(3)]
+        assert got == [1, 2, 3]  # replay (1, 2), then live (2 again is dropped, 3)
+        assert await client.nothing()
+    assert missed.payload.order_id == 1
+
+
+@override_settings(EVENTBUS={**SETTINGS, "RESUME_MAX_EVENTS": 2})
+async def test_too_many_live_events_during_the_replay_says_reset(member, monkeypatch):
+    seen = await publish_order(0)
+    replay_with_live_events(monkeypatch, before=[], after=[1, 2, 3])
+    async with Client(member) as client:
+        assert await client.subscribe(since=str(seen.id)) == {
+            "type": "subscribed",
+            "channel": CHANNEL,
+            "replayed": 0,
+        }
+        assert await client.recv() == {
+            "type": "reset",
+            "channel": CHANNEL,
+            "reason": "too_many_missed",
+        }
+        assert await client.nothing()
+        live = await publish_order(4)
+        assert (await client.recv())["event"]["id"] == str(live.id)
+
+
+@override_settings(EVENTBUS=SETTINGS)
+async def test_a_consumer_that_crashes_leaves_its_groups(member, monkeypatch):
+    def broken(*args: Any) -> Any:
+        raise RuntimeError("the log is unreadable")
+
+    monkeypatch.setattr(consumers, "_load_replay", broken)
+    seen = await publish_order(0)
+    client = Client(member)
+    await client.__aenter__()
+    await client.send({"action": "subscribe", "channel": CHANNEL, "since": str(seen.id)})
+    with pytest.raises(RuntimeError, match="the log is unreadable"):
+        await client.ws.receive_output(timeout=5)
+    assert get_fanout(get_event_bus().layer).members(CHANNEL) == []
+
+
+# -- rechecking access, once per process ----------------------------------------------
+
+hook_calls: list[tuple[Any, str]] = []
+
+
+def counting_hook(user: Any, channel: str) -> bool:
+    hook_calls.append((user.pk, channel))
+    return True
+
+
+def failing_hook(user: Any, channel: str) -> bool:
+    if hook_calls:
+        raise RuntimeError("the membership table is locked")
+    hook_calls.append((user.pk, channel))
+    return True
+
+
+RECHECK_BY_HAND = {**SETTINGS, "WS_REAUTHORIZE_SECONDS": 3600}
+
+
+@override_settings(EVENTBUS={**RECHECK_BY_HAND, "AUTHORIZE": "tests.test_consumers.counting_hook"})
+async def test_the_recheck_asks_once_per_user_and_channel_and_reads_each_session_once(
+    member, django_user_model, monkeypatch
+):
+    other = await sync_to_async(django_user_model.objects.create)(username="other")
+    sessions_read: list[Any] = []
+    original = access.session_still_valid
+
+    def counting_session_check(session: Any, user: Any) -> bool:
+        sessions_read.append(session)
+        return original(session, user)
+
+    monkeypatch.setattr(access, "session_still_valid", counting_session_check)
+    second = uuid4()
+    async with (
+        Client(member) as a,
+        Client(member) as b,
+        Client(member) as c,
+        Client(other) as d,
+    ):
+        for client in (a, b, c):
+            await client.subscribe()
+            await client.subscribe(EventBus.get_project_channel(second))
+        await d.subscribe()
+        hook_calls.clear()
+        await get_access_watch().check_now()
+        # 4 sockets, 7 subscriptions: 3 distinct (user, channel) pairs, 2 users.
+        assert sorted(hook_calls, key=str) == sorted(
+            [
+                (member.pk, CHANNEL),
+                (member.pk, EventBus.get_project_channel(second)),
+                (other.pk, CHANNEL),
+            ],
+            key=str,
+        )
+        assert len(sessions_read) == 2
+    hook_calls.clear()
+
+
+@override_settings(EVENTBUS={**RECHECK_BY_HAND, "AUTHORIZE": "tests.test_consumers.failing_hook"})
+async def test_a_hook_that_fails_during_the_recheck_changes_nothing(member, caplog):
+    hook_calls.clear()
+    async with Client(member) as client:
+        await client.subscribe()  # the first call says yes; later ones raise
+        with caplog.at_level("ERROR", logger="eventbus.ws"):
+            await get_access_watch().check_now()
+        assert "The AUTHORIZE hook failed" in caplog.text
+        assert await client.nothing()  # no `unsubscribed`
+        event = await publish_order(1)
+        assert (await client.recv())["event"]["id"] == str(event.id)
+    hook_calls.clear()

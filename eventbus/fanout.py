@@ -1,0 +1,298 @@
+"""In-process fan-out: one channel-layer reader per server process, not one per socket.
+
+With a Channels group per socket, every event wakes every socket's consumer through the
+channel layer (channels-redis starts tasks per receiver and message), and that, not the
+WebSocket sends, limited how many sockets one process could serve. Here each process
+joins every group that at least one of its sockets wants, once, through a single layer
+channel; a reader task hands each message to the local members of its group, which
+queue it in their :class:`Outbox`. See docs/performance.md for the numbers.
+
+The channel layer still carries every event between processes, so several server
+processes (and the relay) keep working as before.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import weakref
+from collections import deque
+from collections.abc import Awaitable, Callable
+from typing import Any, Protocol
+
+from channels.layers import BaseChannelLayer
+
+from ._eager import start_task
+from .bus import is_connection_error
+
+logger = logging.getLogger("eventbus.fanout")
+
+# After losing the layer's server the reader retries after 0.1 s, doubling up to 2 s.
+_RETRY_FIRST = 0.1
+_RETRY_MAX = 2.0
+
+
+class Member(Protocol):
+    """What the fan-out delivers to: one per socket (the WebSocket consumer)."""
+
+    def deliver(self, message: dict[str, Any]) -> None:
+        """Take one message of a joined group; must not block or raise."""
+
+
+class LocalFanout:
+    """This process's (and event loop's) members of channel-layer groups.
+
+    The first member of a group makes the process join it; the last to leave makes it
+    leave. A restarted Redis forgets its groups, so while any group is joined they are
+    joined again every ``refresh_seconds``.
+    """
+
+    refresh_seconds = 5.0
+
+    def __init__(self, layer: BaseChannelLayer) -> None:
+        self.layer = layer
+        self.channel_name: str | None = None
+        self._members: dict[str, dict[Member, None]] = {}
+        self._joined: set[str] = set()
+        self._lock = asyncio.Lock()
+        self._tasks: list[asyncio.Task[None]] = []
+
+    def members(self, group: str) -> list[Member]:
+        return list(self._members.get(group, ()))
+
+    @property
+    def groups(self) -> set[str]:
+        """The groups this process is in."""
+        return set(self._joined)
+
+    async def join(self, group: str, member: Member) -> None:
+        """Deliver ``group``'s messages to ``member`` from now on."""
+        members = self._members.get(group)
+        if members is not None and group in self._joined:
+            members[member] = None
+            return
+        async with self._lock:
+            self._members.setdefault(group, {})[member] = None
+            try:
+                await self._start()
+                if group not in self._joined:
+                    assert self.channel_name is not None
+                    await self.layer.group_add(group, self.channel_name)
+                    self._joined.add(group)
+            except BaseException:
+                self._discard(group, member)
+                await self._leave_group_if_unused(group)
+                raise
+
+    async def leave(self, group: str, member: Member) -> None:
+        """Stop delivering to ``member``; leave the group when it was the last."""
+        if self._discard(group, member):
+            async with self._lock:
+                await self._leave_group_if_unused(group)
+
+    def _discard(self, group: str, member: Member) -> bool:
+        """Remove ``member`` at once; True when ``group`` has no local member left."""
+        members = self._members.get(group)
+        if members is None:
+            return False
+        members.pop(member, None)
+        return not members
+
+    async def _leave_group_if_unused(self, group: str) -> None:
+        # Called with the lock held: a join may have come in while we waited for it.
+        if self._members.get(group):
+            return
+        self._members.pop(group, None)
+        if group in self._joined:
+            self._joined.discard(group)
+            assert self.channel_name is not None
+            try:
+                await self.layer.group_discard(group, self.channel_name)
+            except Exception as exc:
+                # The layer's server is away: its groups expire on their own.
+                if not is_connection_error(exc):
+                    raise
+        if not self._members:
+            await self._stop()
+
+    async def _start(self) -> None:
+        if self.channel_name is not None:
+            return
+        self.channel_name = await self.layer.new_channel("eventbus.fanout.")
+        self._tasks = [
+            asyncio.create_task(self._read(self.channel_name)),
+            asyncio.create_task(self._refresh()),
+        ]
+
+    async def _stop(self) -> None:
+        tasks, self._tasks = self._tasks, []
+        self.channel_name = None
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.wait(tasks)
+
+    async def _read(self, channel_name: str) -> None:
+        delay = _RETRY_FIRST
+        while True:
+            try:
+                message = await self.layer.receive(channel_name)
+            except Exception as exc:
+                if is_connection_error(exc):
+                    logger.warning(
+                        "The fan-out lost the channel layer; joining again in %.1f s: %s",
+                        delay,
+                        exc,
+                    )
+                else:
+                    logger.exception("The fan-out could not read from the channel layer")
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, _RETRY_MAX)
+                await self._rejoin()
+                continue
+            delay = _RETRY_FIRST
+            self.deliver(message)
+
+    def deliver(self, message: dict[str, Any]) -> None:
+        """Hand ``message`` to every local member of its group (``message['channel']``)."""
+        members = self._members.get(message.get("channel", ""))
+        if not members:
+            return
+        for member in list(members):
+            try:
+                member.deliver(message)
+            except Exception:
+                logger.exception("Delivering to %r failed", member)
+
+    async def _refresh(self) -> None:
+        while True:
+            await asyncio.sleep(self.refresh_seconds)
+            await self._rejoin()
+
+    async def _rejoin(self) -> None:
+        channel_name = self.channel_name
+        if channel_name is None:
+            return
+        try:
+            for group in list(self._joined):
+                await self.layer.group_add(group, channel_name)
+        except Exception as exc:
+            if not is_connection_error(exc):
+                raise
+            # Still away: the reader fails too, and tries again later.
+
+
+_fanouts: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[int, LocalFanout]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def get_fanout(layer: BaseChannelLayer) -> LocalFanout:
+    """The running event loop's fan-out over ``layer``."""
+    per_loop = _fanouts.setdefault(asyncio.get_running_loop(), {})
+    fanout = per_loop.get(id(layer))
+    if fanout is None or fanout.layer is not layer:
+        fanout = per_loop[id(layer)] = LocalFanout(layer)
+    return fanout
+
+
+class Outbox:
+    """One socket's frames in order, sent by at most one task at a time.
+
+    :meth:`offer` never waits, so that one slow socket cannot hold up the fan-out to
+    the others; a socket with ``limit`` frames queued (the one being sent included),
+    or whose send has not finished
+    after ``timeout`` seconds, is given up: ``on_failure(stalled=True)``. A send that
+    raises (the socket went away) calls ``on_failure(stalled=False)``. Either way
+    nothing more is sent.
+    """
+
+    def __init__(
+        self,
+        send: Callable[[str], Awaitable[None]],
+        *,
+        limit: int,
+        timeout: float,
+        on_failure: Callable[[bool], None],
+    ) -> None:
+        self._send = send
+        self.limit = limit
+        self.timeout = timeout
+        self._on_failure = on_failure
+        self._frames: deque[str] = deque()
+        self._sender: asyncio.Task[None] | None = None
+        self._room: asyncio.Event | None = None
+        self.failed = False
+
+    def __len__(self) -> int:
+        return len(self._frames)
+
+    def offer(self, frame: str) -> bool:
+        """Queue ``frame`` without waiting; False (and the socket given up) when full."""
+        if self.failed:
+            return False
+        if len(self._frames) >= self.limit:
+            self._fail(stalled=True)
+            return False
+        self._frames.append(frame)
+        if self._sender is None:
+            sender = start_task(self._drain())
+            if not sender.done():  # an eager sender may have sent everything already
+                self._sender = sender
+        return True
+
+    async def put(self, frame: str) -> None:
+        """Queue ``frame``, first waiting (up to ``timeout``) while the queue is full."""
+        while not self.failed and len(self._frames) >= self.limit:
+            if self._room is None:
+                self._room = asyncio.Event()
+            try:
+                async with asyncio.timeout(self.timeout):
+                    await self._room.wait()
+            except TimeoutError:
+                self._fail(stalled=True)
+        self.offer(frame)
+
+    async def drained(self) -> None:
+        """Wait until every queued frame went out (or the socket was given up)."""
+        while self._sender is not None:
+            await asyncio.wait({self._sender})
+
+    def close(self) -> None:
+        """Send nothing more; drop what is queued."""
+        self.failed = True
+        self._frames.clear()
+        self._wake()
+        sender = self._sender
+        if sender is not None and sender is not asyncio.current_task():
+            sender.cancel()
+
+    async def _drain(self) -> None:
+        frames = self._frames
+        try:
+            while frames and not self.failed:
+                # A timeout scope, not wait_for(): no extra task per frame.
+                async with asyncio.timeout(self.timeout):
+                    await self._send(frames[0])
+                frames.popleft()
+                if self._room is not None and len(frames) < self.limit:
+                    self._wake()
+        except TimeoutError:
+            self._fail(stalled=True)
+        except asyncio.CancelledError:
+            pass
+        except Exception:
+            self._fail(stalled=False)
+        finally:
+            self._sender = None
+
+    def _wake(self) -> None:
+        room, self._room = self._room, None
+        if room is not None:
+            room.set()
+
+    def _fail(self, stalled: bool) -> None:
+        if self.failed:
+            return
+        self.close()
+        self._on_failure(stalled)
