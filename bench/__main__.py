@@ -106,6 +106,10 @@ def table(report: dict[str, Any]) -> str:
     extras = [r for r in report["results"] if r.get("notes")]
     for result in extras:
         lines.append(f"\n{result['what']}: {result['notes']}")
+    floors = [r for r in report["results"] if r.get("floor") is not None]
+    if floors:
+        lines.append(f"\nFloor, the same run against {floors[0]['floor_name']}:")
+        lines += [f"- {r['what']}: {format_number(r['floor'])} {r['unit']}" for r in floors]
     return "\n".join(lines)
 
 
@@ -130,6 +134,14 @@ def draw_chart(report: dict[str, Any]) -> bool:
         linestyle="--",
         label="hand-written consumer p50",
     )
+    if all(r.get("floor") is not None for r in points):
+        axes.plot(
+            clients,
+            [r["floor"] for r in points],
+            marker="s",
+            linestyle=":",
+            label="floor p50 (bare asyncio server)",
+        )
     axes.set_xscale("log")
     axes.set_yscale("log")
     axes.set_xlabel("subscribed WebSocket clients")

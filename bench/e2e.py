@@ -49,6 +49,8 @@ STALL_BATCH = 20
 STALL_RSS_BOUND_MB = 10.0
 STALL_READ_AFTER = 20.0  # seconds: past WS_SEND_TIMEOUT, before uvicorn drops the socket
 CONNECT_CONCURRENCY = 50
+GAVE_UP = "the client stopped reading"  # eventbus.consumers' warning
+FLOOR = "one frame written to every socket by a bare asyncio server (bench.floor_server)"
 LATENCY_TARGET = "p50 ≤ 5 ms, p99 ≤ 25 ms, 0 missed, ≤ 1.1× anchor"
 
 
@@ -117,11 +119,20 @@ def services(
             "EVENTBUS_TEST_LAYER": LAYER,
             "EVENTBUS_TEST_DB_NAME": str(connection.settings_dict["NAME"]),
             "EVENTBUS_TEST_SETTINGS_OVERRIDE": json.dumps({"WS_SEND_TIMEOUT": SEND_TIMEOUT}),
+            "EVENTBUS_TEST_LOG": "1",  # eventbus's warnings, for _until_given_up
             **(server_env or {}),
         }
         servers = [
             stack.enter_context(AsgiServer(app=app, env=env, server="uvicorn")) for _ in range(2)
         ]
+
+        class FloorServer(AsgiServer):
+            name = "floor"
+
+            def _command(self) -> list[str]:
+                return [sys.executable, "-m", "bench.floor_server", "--port", str(self.port)]
+
+        servers.append(stack.enter_context(FloorServer(env=env)))
         with ThreadPoolExecutor(2) as pool:  # Django takes seconds to import: start both at once
             list(pool.map(lambda server: server.start(), servers))
         yield servers, cookie, projects
@@ -267,6 +278,22 @@ class AnchorSide(Side):
         return started
 
 
+class FloorSide(AnchorSide):
+    """bench.floor_server: one frame encoded once, written to every socket of the group."""
+
+    name = "floor"
+
+    async def publish(self, channel: str, event: Any) -> float:
+        started = time.perf_counter()
+        text = json.dumps(
+            {"type": "event", "channel": channel, "event": event.model_dump(mode="json")}
+        )
+        await self.layer.group_send(
+            channel, {"type": "plain.message", "group": channel, "text": text}
+        )
+        return started
+
+
 # -- the measurements --------------------------------------------------------------------------
 
 
@@ -328,10 +355,34 @@ async def _measure(
                 )
             finally:
                 await close_all(clients)
+    results["floor"] = await _floor(FloorSide(servers[2], cookie), new_channel, plan)
     for side in sides:
         channel, make = new_channel("x" * plan.stall_title)
         results[side.name]["stall"] = await _stall(side, channel, make, plan.stall_events)
-    return _rows(plan, results["eventbus"], results["anchor"])
+    return _rows(plan, results["eventbus"], results["anchor"], results["floor"])
+
+
+async def _floor(
+    side: Side, new_channel: Callable[[], tuple[str, Callable[[int], Any]]], plan: Plan
+) -> dict[Any, dict[str, Any]]:
+    """The same fan-out and latency runs against bench.floor_server."""
+    channel, make = new_channel()
+    clients = await side.open_many(channel, 5)
+    await _steady(side, clients, channel, make, 5, 20.0)  # warm up
+    await close_all(clients)
+    channel, make = new_channel()
+    _, fanout, clients = await _idle_and_fanout(side, channel, make, plan)
+    results: dict[Any, dict[str, Any]] = {"fanout": fanout}
+    try:
+        for setting in sorted(plan.latency, reverse=True):
+            if setting[0] != len(clients):
+                await close_all(clients)
+                channel, make = new_channel()
+                clients = await side.open_many(channel, setting[0])
+            results[setting] = await _steady(side, clients, channel, make, setting[2], setting[1])
+    finally:
+        await close_all(clients)
+    return results
 
 
 async def _steady(
@@ -451,7 +502,7 @@ async def _stall(
     uvicorn drops the TCP connection (no close frame) ~30 s after closing. So on a
     side that closes slow clients, the stalled client reads again after
     STALL_READ_AFTER seconds, to find the close code; otherwise after the burst.
-    ``left_group_after_s`` is when the server let go of the stalled socket in Redis.
+    ``gave_up_after_s`` is when the server gave up on the stalled socket.
     """
     log_start = len(side.server.log_text())
     good = await side.open(channel, keep=False)
@@ -464,7 +515,7 @@ async def _stall(
         stalled.stop_reading()
         start = side.rss_mb()
         started = time.monotonic()
-        watcher = asyncio.create_task(_until_left(channel, started))
+        watcher = asyncio.create_task(_until_given_up(side, started))
         loop = asyncio.get_running_loop()
         read_after = STALL_READ_AFTER if side.closes_slow_clients else 1e6
         wake = loop.call_later(read_after, stalled.resume_reading)
@@ -505,28 +556,25 @@ async def _stall(
         "rss_start_mb": round(start, 1),
         "rss_peak_mb": round(peak, 1),
         "rss_end_mb": round(end, 1),
-        "left_group_after_s": round(left, 1) if left is not None else None,
+        "gave_up_after_s": round(left, 1) if left is not None else None,
         "close_code": stalled.close_code,
         "stalled_frames_read": stalled.received,
         "server_errors": errors[:3],
     }
 
 
-async def _until_left(channel: str, since: float) -> float | None:
-    """Seconds after ``since`` when ``channel``'s group shrank to one member (the good
-    client). Polls Redis every 0.1 s, for 300 s at most."""
-    import redis.asyncio
+async def _until_given_up(side: Side, since: float) -> float | None:
+    """Seconds after ``since`` when the server said it gave up on the stalled socket
+    (eventbus's warning in the server's log). Polls every 0.1 s, for 300 s at most.
 
-    client = redis.asyncio.Redis.from_url(os.environ["EVENTBUS_TEST_REDIS_URL"])
-    key = f"asgi:group:{channel}"  # where RedisChannelLayer keeps a group's members
-    try:
-        for _ in range(3_000):
-            if await client.zcard(key) <= 1:
-                return time.monotonic() - since
-            await asyncio.sleep(0.1)
-        return None
-    finally:
-        await client.aclose()
+    Not a Redis group count: eventbus's server process is one member of a group however
+    many of its sockets subscribed."""
+    start = len(side.server.log_text())
+    for _ in range(3_000):
+        if GAVE_UP in side.server.log_text()[start:]:
+            return time.monotonic() - since
+        await asyncio.sleep(0.1)
+    return None
 
 
 def _frame(channel: str, event: Any) -> str:
@@ -592,7 +640,9 @@ async def _profiled(prefix: str, side: Side) -> AsyncIterator[None]:
 # -- the rows --------------------------------------------------------------------------------
 
 
-def _rows(plan: Plan, ours: dict[Any, Any], anchor: dict[Any, Any]) -> list[dict[str, Any]]:
+def _rows(
+    plan: Plan, ours: dict[Any, Any], anchor: dict[Any, Any], floor: dict[Any, Any]
+) -> list[dict[str, Any]]:
     rows = []
     for setting in plan.latency:
         clients, rate, _ = setting
@@ -622,8 +672,11 @@ def _rows(plan: Plan, ours: dict[Any, Any], anchor: dict[Any, Any]) -> list[dict
                 met=met,
                 clients=clients,
                 rate=rate,
+                floor=floor[setting]["p50_ms"],
+                floor_name=FLOOR,
                 **mine,
                 **_prefixed(theirs),
+                **_prefixed(floor[setting], "floor"),
                 **_notes("latency", failed),
             )
         )
@@ -641,8 +694,11 @@ def _rows(plan: Plan, ours: dict[Any, Any], anchor: dict[Any, Any]) -> list[dict
             unit="ms median",
             target="median ≤ 100 ms",
             met=not failed,
+            floor=floor["fanout"]["median_ms"],
+            floor_name=FLOOR,
             **mine,
             **_prefixed(theirs),
+            **_prefixed(floor["fanout"], "floor"),
             **_notes("fanout", failed),
         )
     )
@@ -668,7 +724,7 @@ def _rows(plan: Plan, ours: dict[Any, Any], anchor: dict[Any, Any]) -> list[dict
     failed = [name for name, bad in {
         f"RSS grew {growth:.1f} MB": growth > STALL_RSS_BOUND_MB,
         f"closed with {mine['close_code']}, not 4408": mine["close_code"] != 4408,
-        "the stalled socket stayed in its group": mine["left_group_after_s"] is None,
+        "the server never gave up on the stalled socket": mine["gave_up_after_s"] is None,
     }.items() if bad]  # fmt: skip
     rows.append(
         row(
@@ -692,8 +748,8 @@ def _plural(count: float, noun: str) -> str:
     return noun if count == 1 else f"{noun}s"
 
 
-def _prefixed(anchor: dict[str, Any]) -> dict[str, Any]:
-    return {f"anchor_{key}": value for key, value in anchor.items() if key != "events"}
+def _prefixed(other: dict[str, Any], prefix: str = "anchor") -> dict[str, Any]:
+    return {f"{prefix}_{key}": value for key, value in other.items() if key != "events"}
 
 
 def _notes(kind: str, failed: list[str]) -> dict[str, str]:

@@ -104,9 +104,19 @@ EVENTBUS = {
     **json.loads(os.environ.get("EVENTBUS_TEST_SETTINGS_OVERRIDE", "{}")),
 }
 
+# eventbus logs nowhere, unless a server started by a test or benchmark asks for its
+# warnings on stderr (EVENTBUS_TEST_LOG=1), where the server's log file collects them.
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
-    "handlers": {"null": {"class": "logging.NullHandler"}},
-    "loggers": {"eventbus": {"handlers": ["null"], "level": "DEBUG"}},
+    "handlers": {
+        "null": {"class": "logging.NullHandler"},
+        "stderr": {"class": "logging.StreamHandler", "level": "WARNING"},
+    },
+    "loggers": {
+        "eventbus": {
+            "handlers": ["stderr" if os.environ.get("EVENTBUS_TEST_LOG") else "null"],
+            "level": "DEBUG",
+        }
+    },
 }
