@@ -125,23 +125,17 @@ def draw_chart(report: dict[str, Any]) -> bool:
     points.sort(key=lambda r: r["clients"])
     clients = [r["clients"] for r in points]
     figure, axes = plt.subplots(figsize=(7, 4))
-    for key, label in (("p50_ms", "p50"), ("p99_ms", "p99"), ("max_ms", "max")):
-        axes.plot(clients, [r[key] for r in points], marker="o", label=f"eventbus {label}")
-    axes.plot(
-        clients,
-        [r["anchor_p50_ms"] for r in points],
-        marker="x",
-        linestyle="--",
-        label="hand-written consumer p50",
-    )
-    if all(r.get("floor") is not None for r in points):
-        axes.plot(
-            clients,
-            [r["floor"] for r in points],
-            marker="s",
-            linestyle=":",
-            label="floor p50 (bare asyncio server)",
-        )
+    lines = [
+        ("p50_ms", "o", "-", "eventbus p50"),
+        ("p99_ms", "o", "-", "eventbus p99"),
+        ("max_ms", "o", "-", "eventbus max"),
+        ("anchor_p50_ms", "x", "--", "hand-written consumer p50"),
+        ("floor", "s", ":", "floor p50 (bare asyncio server)"),
+    ]
+    for key, marker, style, label in lines:
+        if all(r.get(key) is not None for r in points):
+            values = [r[key] for r in points]
+            axes.plot(clients, values, marker=marker, linestyle=style, label=label)
     axes.set_xscale("log")
     axes.set_yscale("log")
     axes.set_xlabel("subscribed WebSocket clients")
