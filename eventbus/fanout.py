@@ -201,10 +201,12 @@ class Outbox:
 
     :meth:`offer` never waits, so that one slow socket cannot hold up the fan-out to
     the others; a socket with ``limit`` frames queued (the one being sent included),
-    or whose send has not finished
-    after ``timeout`` seconds, is given up: ``on_failure(stalled=True)``. A send that
-    raises (the socket went away) calls ``on_failure(stalled=False)``. Either way
-    nothing more is sent.
+    or whose send has not finished after ``timeout`` seconds, is given up:
+    ``on_failure(stalled=True)``. A send that raises (the socket went away) calls
+    ``on_failure(stalled=False)``. Either way nothing more is sent.
+
+    Most sends finish at once (the server's buffer has room), so there is no timer per
+    frame: one is armed only while a send waits on the client.
     """
 
     def __init__(
@@ -222,6 +224,8 @@ class Outbox:
         self._frames: deque[str] = deque()
         self._sender: asyncio.Task[None] | None = None
         self._room: asyncio.Event | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._sending_since = 0.0
         self.failed = False
 
     def __len__(self) -> int:
@@ -239,6 +243,7 @@ class Outbox:
             sender = start_task(self._drain())
             if not sender.done():  # an eager sender may have sent everything already
                 self._sender = sender
+                self._watch()
         return True
 
     async def put(self, frame: str) -> None:
@@ -263,28 +268,47 @@ class Outbox:
         self.failed = True
         self._frames.clear()
         self._wake()
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         sender = self._sender
         if sender is not None and sender is not asyncio.current_task():
             sender.cancel()
 
     async def _drain(self) -> None:
         frames = self._frames
+        clock = asyncio.get_running_loop().time
         try:
             while frames and not self.failed:
-                # A timeout scope, not wait_for(): no extra task per frame.
-                async with asyncio.timeout(self.timeout):
-                    await self._send(frames[0])
+                self._sending_since = clock()
+                await self._send(frames[0])
                 frames.popleft()
                 if self._room is not None and len(frames) < self.limit:
                     self._wake()
-        except TimeoutError:
-            self._fail(stalled=True)
         except asyncio.CancelledError:
             pass
         except Exception:
             self._fail(stalled=False)
         finally:
             self._sender = None
+            if self._timer is not None:
+                self._timer.cancel()
+                self._timer = None
+
+    def _watch(self) -> None:
+        if self._timer is None:
+            self._timer = asyncio.get_running_loop().call_later(self.timeout, self._check)
+
+    def _check(self) -> None:
+        self._timer = None
+        if self._sender is None or self.failed:
+            return
+        loop = asyncio.get_running_loop()
+        waited = loop.time() - self._sending_since
+        if waited >= self.timeout:
+            self._fail(stalled=True)
+        else:
+            self._timer = loop.call_later(self.timeout - waited, self._check)
 
     def _wake(self) -> None:
         room, self._room = self._room, None

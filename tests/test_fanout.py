@@ -206,6 +206,23 @@ async def test_a_send_that_waits_past_the_timeout_gives_the_socket_up():
     assert outbox.failed
 
 
+async def test_slow_sends_each_within_the_timeout_are_not_a_stall():
+    """The timeout is per frame: a burst may take longer in all than one send may."""
+
+    class SlowSocket(Socket):
+        async def send(self, frame: str) -> None:
+            await asyncio.sleep(0.08)
+            self.sent.append(frame)
+
+    socket = SlowSocket()
+    outbox, failures = outbox_for(socket, limit=10, timeout=0.2)
+    for n in range(6):  # about 0.5 s in all
+        outbox.offer(f"f{n}")
+    await asyncio.wait_for(outbox.drained(), TIMEOUT)
+    assert failures == []
+    assert socket.sent == [f"f{n}" for n in range(6)]
+
+
 async def test_a_send_that_raises_reports_a_gone_socket():
     socket = Socket(fail_with=OSError("connection reset"))
     outbox, failures = outbox_for(socket)
