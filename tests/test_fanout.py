@@ -1,6 +1,7 @@
 """In-process fan-out (one layer channel per process) and each socket's Outbox."""
 
 import asyncio
+import contextvars
 import logging
 from typing import Any
 
@@ -259,3 +260,62 @@ async def test_put_proceeds_once_the_client_reads():
     await asyncio.wait_for(outbox.drained(), TIMEOUT)
     assert socket.sent == ["f0", "f1", "f2"]
     assert failures == []
+
+
+async def test_a_send_that_waits_then_raises_reports_a_gone_socket():
+    socket = Socket(fail_with=OSError("connection reset"))
+    outbox, failures = outbox_for(socket)
+    socket.open.clear()
+    outbox.offer("f0")
+    await asyncio.sleep(0.05)
+    assert failures == []
+    socket.open.set()
+    await asyncio.wait_for(outbox.drained(), TIMEOUT)
+    assert failures == [False]
+
+
+async def test_closing_while_a_send_waits_ends_that_send():
+    ended: list[str] = []
+
+    async def send(frame: str) -> None:
+        try:
+            await asyncio.Event().wait()  # never set
+        finally:
+            ended.append(frame)
+
+    outbox = Outbox(send, limit=3, timeout=5, on_failure=lambda stalled: None)
+    outbox.offer("f0")
+    outbox.offer("f1")
+    await asyncio.sleep(0.01)
+    outbox.close()
+    await asyncio.wait_for(outbox.drained(), TIMEOUT)
+    assert ended == ["f0"]
+    assert not outbox.offer("f2")
+
+
+who = contextvars.ContextVar("who", default="nobody")
+
+
+async def test_sends_run_in_the_context_the_outbox_was_made_in():
+    seen: list[str] = []
+    socket = Socket()
+
+    async def send(frame: str) -> None:
+        seen.append(who.get())
+        await socket.send(frame)
+
+    who.set("socket")
+    outbox = Outbox(send, limit=3, timeout=5, on_failure=lambda stalled: None)
+
+    async def reader() -> None:  # the fan-out's reader, with a context of its own
+        who.set("reader")
+        outbox.offer("at once")
+        socket.open.clear()
+        outbox.offer("after a wait")
+        outbox.offer("queued")
+
+    await asyncio.create_task(reader())
+    socket.open.set()
+    await asyncio.wait_for(outbox.drained(), TIMEOUT)
+    assert socket.sent == ["at once", "after a wait", "queued"]
+    assert seen == ["socket"] * 3
