@@ -24,7 +24,7 @@ from .access import get_access_watch, is_authenticated, may_subscribe
 from .bus import get_event_bus, public_json, validate_channel
 from .exceptions import InvalidChannelError
 from .fanout import Outbox, get_fanout
-from .models import EventRecord
+from .models import EVENT_COLUMNS, EventRecord, event_from_columns
 
 logger = logging.getLogger("eventbus.ws")
 
@@ -321,16 +321,19 @@ def _load_replay(
     if kind == "project":
         rows = rows.filter(project_id=_uuid_or_none(ident))
     found: list[tuple[str, str, str]] = []
-    for row in rows.iterator(chunk_size=500):
+    for row in rows.values_list(*EVENT_COLUMNS).iterator(chunk_size=500):
+        event_type = row[1]
+        if not state.wants(event_type):
+            continue
         try:
-            event = row.to_event()
+            event = event_from_columns(*row)
         except Exception:  # a corrupted row: the relay marks it; skip it here
             continue
-        if channel not in bus.channels_for(event) or not state.wants(row.type):
+        if channel not in bus.channels_for(event):
             continue
         if len(found) >= cap:
             return [], "too_many_missed"
-        found.append((str(event.id), row.type, public_json(event)))
+        found.append((str(event.id), event_type, public_json(event)))
     return found, None
 
 

@@ -38,6 +38,16 @@ _GROUP_SEND_LUA = """
 """
 
 
+# RedisPubSubChannelLayer.group_send is one PUBLISH; many of them in one script cost one
+# command to write and one reply to parse instead of one each.
+_PUBLISH_LUA = """
+    for i=1,#KEYS do
+        redis.call('PUBLISH', KEYS[i], ARGV[i])
+    end
+    return #KEYS
+"""
+
+
 async def group_send_many(layer: Any, sends: Sequence[tuple[str, dict[str, Any]]]) -> None:
     """``await layer.group_send(group, message)`` for every pair, batched where possible."""
     if not sends:
@@ -123,6 +133,9 @@ async def _pubsub_group_send_many(layer: Any, sends: Sequence[tuple[str, dict[st
         async with shard._lock:
             shard._ensure_redis()
             pipe = shard._redis.pipeline(transaction=False)
-            for group_channel, payload in messages:
-                pipe.publish(group_channel, payload)
+            for start in range(0, len(messages), _LUA_CHUNK):
+                chunk = messages[start : start + _LUA_CHUNK]
+                channels = [group_channel for group_channel, _ in chunk]
+                payloads = [payload for _, payload in chunk]
+                pipe.eval(_PUBLISH_LUA, len(chunk), *channels, *payloads)
             await pipe.execute()

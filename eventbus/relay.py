@@ -31,7 +31,7 @@ from django.utils import timezone
 from . import conf
 from .envelope import Event
 from .log import assign_sequences, is_logged
-from .models import DeliveryStatus, EventRecord
+from .models import EVENT_COLUMNS, DeliveryStatus, EventRecord, event_from_columns
 from .sinks import Sink, load_sink
 
 logger = logging.getLogger("eventbus.relay")
@@ -222,14 +222,14 @@ class Relay:
             )
             if connection.features.has_select_for_update_skip_locked:
                 due = due.select_for_update(skip_locked=True)
-            rows = list(due[: settings.RELAY_BATCH_SIZE])
+            rows = list(due.values_list(*EVENT_COLUMNS)[: settings.RELAY_BATCH_SIZE])
             events: list[Event[Any]] = []
             for row in rows:
                 try:
-                    events.append(row.to_event())
+                    events.append(event_from_columns(*row))
                 except Exception as exc:
-                    self._mark_corrupted(row, exc)
-                    report.corrupted.append(row.id)
+                    self._mark_corrupted(row[0], row[1], exc)
+                    report.corrupted.append(row[0])
             self._claim_ids([event.id for event in events], now)
         return events
 
@@ -277,14 +277,14 @@ class Relay:
                     outcome["retrying"].append(event_id)
         return outcome
 
-    def _mark_corrupted(self, row: EventRecord, exc: Exception) -> None:
+    def _mark_corrupted(self, event_id: UUID, event_type: str, exc: Exception) -> None:
         logger.error(
             "Event log row %s cannot be read back, marked failed: %s",
-            row.id,
+            event_id,
             exc,
-            extra={"event_id": str(row.id), "event_type": row.type},
+            extra={"event_id": str(event_id), "event_type": event_type},
         )
-        EventRecord.objects.using(self.using).filter(id=row.id).update(
+        EventRecord.objects.using(self.using).filter(id=event_id).update(
             status=DeliveryStatus.FAILED,
             next_attempt_at=None,
             last_error=f"corrupted row: {type(exc).__name__}: {exc}"[:10_000],

@@ -58,6 +58,9 @@ def test_relay_benchmark_runs(redis_server, layer):
     # redis_server only proves redis-server is installed; the benchmark starts its own.
     [result] = run_bench("bench.relay_redis", "--layer", layer)
     assert result["layer"] == layer and result["unit"] == "events/s"
+    assert result["limit"] > 0  # the relay into a sink that does nothing
+    if layer == "pubsub":  # subscribers in another process got every message
+        assert result["received_by_subscribers"] == result["sent_to_subscribers"]
 
 
 def test_runner_writes_json_table(tmp_path):
@@ -79,6 +82,8 @@ def test_runner_writes_json_table(tmp_path):
         ]
     }
     assert "| a thing | 1.5 µs | 3.0 µs | by hand | 0.5× | ≤ 0.7× | yes |" in table(report)
+    report["results"][0].update(limit=0.5, limit_name="nothing at all")
+    assert "- a thing: 0.5 µs, nothing at all" in table(report)
 
 
 @pytest.mark.redis
@@ -89,3 +94,4 @@ def test_end_to_end_benchmark_runs(redis_server):
     for result in rows:
         if result["bench"] == "e2e_latency":
             assert {"p50_ms", "p99_ms", "max_ms", "missed", "anchor_p50_ms"} <= set(result)
+            assert result["limit"] > 0 and result["floor_missed"] == 0
