@@ -63,9 +63,9 @@ class Plan:
     stall_title: int  # characters: frames of about this + 400 bytes
 
 
-# 1,000 clients get 1 event/s: at 20/s neither server keeps up (each event costs it
-# 0.5 to 1 s of CPU, see the rows' server_cpu_ms_per_event), and the run would measure
-# queues, not latency. 50,000 stalled events (50 MB, over ten times what the kernel's
+# 1,000 clients get 1 event/s: the anchor spends about 0.3 s of CPU per event there
+# (see the rows' server_cpu_ms_per_event), so at 20/s it would not keep up and the run
+# would measure its queue, not latency. 50,000 stalled events (50 MB, over ten times what the kernel's
 # socket buffers hold) fit the time budget: a server takes ~800 a second, four Redis
 # round trips each; --stall-events 100000 takes two minutes more.
 FULL = Plan(((1, 20.0, 100), (100, 20.0, 100), (1_000, 1.0, 10)), 1_000, 10, 50_000, 600)
