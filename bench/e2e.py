@@ -65,9 +65,9 @@ class Plan:
 
 # 1,000 clients get 1 event/s: the anchor spends about 0.3 s of CPU per event there
 # (see the rows' server_cpu_ms_per_event), so at 20/s it would not keep up and the run
-# would measure its queue, not latency. 50,000 stalled events (50 MB, over ten times what the kernel's
-# socket buffers hold) fit the time budget: a server takes ~800 a second, four Redis
-# round trips each; --stall-events 100000 takes two minutes more.
+# would measure its queue, not latency. 50,000 stalled events (50 MB, over ten times
+# what the kernel's socket buffers hold) fit the time budget: a server takes ~800 a
+# second, four Redis round trips each; --stall-events 100000 takes two minutes more.
 FULL = Plan(((1, 20.0, 100), (100, 20.0, 100), (1_000, 1.0, 10)), 1_000, 10, 50_000, 600)
 # Quick frames are larger, so that 2,000 of them still overflow the kernel's buffers.
 QUICK = Plan(((1, 20.0, 20), (10, 20.0, 20)), 100, 3, 2_000, 4_000)

@@ -69,6 +69,7 @@ class AccessWatch:
     def __init__(self) -> None:
         self._sockets: dict[Watched, None] = {}
         self._task: asyncio.Task[None] | None = None
+        self._telling: set[asyncio.Task[None]] = set()
 
     def add(self, socket: Watched) -> None:
         self._sockets[socket] = None
@@ -97,7 +98,10 @@ class AccessWatch:
         for socket, verdict in zip(sockets, verdicts, strict=True):
             if verdict.changed and socket in self._sockets:
                 # A task each: telling one socket may wait on its sends.
-                start_task(socket.access_changed(verdict.signed_out, verdict.forbidden))
+                task = start_task(socket.access_changed(verdict.signed_out, verdict.forbidden))
+                if not task.done():
+                    self._telling.add(task)
+                    task.add_done_callback(self._telling.discard)
 
 
 _watches: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, AccessWatch] = (
@@ -118,13 +122,13 @@ def _verdicts(
     requests: list[tuple[Any, Any, tuple[str, ...]]],
     hook: Callable[[Any, str], bool] | None,
 ) -> list[Verdict]:
-    sessions: dict[tuple[str | None, Any], bool] = {}
+    sessions: dict[tuple[bool, str | None, Any], bool] = {}
     allowed: dict[tuple[Any, str], bool | None] = {}
     verdicts = []
     for session, user, channels in requests:
         signed_in = is_authenticated(user)
         if signed_in:
-            key = (getattr(session, "session_key", None), user.pk)
+            key = (session is None, getattr(session, "session_key", None), user.pk)
             if key not in sessions:
                 sessions[key] = session_still_valid(session, user)
             if not sessions[key]:

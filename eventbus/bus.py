@@ -139,7 +139,7 @@ class EventBus:
     async def publish(self, channel: str, event: Event[Any]) -> None:
         """Send ``event`` to everyone subscribed to ``channel`` (at most once, live only)."""
         validate_channel(channel)
-        await self.layer.group_send(channel, _message(event, channel))
+        await group_send_many(self.layer, [(channel, _message(event, channel))])
 
     async def broadcast(self, events: Sequence[Event[Any]]) -> int:
         """Send each event to its channels in one batch; return how many sends were made.

@@ -106,14 +106,15 @@ class EventStreamConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
     async def disconnect(self, code: int) -> None:
         await self._leave_all()
 
-    async def _leave_all(self) -> None:
-        subscriptions: dict[str, _ChannelState] = getattr(self, "subscriptions", {})
-        if not hasattr(self, "fanout"):
+    async def _leave_all(self, keep_queued: bool = False) -> None:
+        """Leave every group and the recheck; drop what is queued unless ``keep_queued``."""
+        if not hasattr(self, "fanout"):  # never connected
             return
         get_access_watch().remove(self)
-        self.outbox.close()
-        channels = list(subscriptions)
-        subscriptions.clear()
+        if not keep_queued:
+            self.outbox.close()
+        channels = list(self.subscriptions)
+        self.subscriptions.clear()
         for channel in channels:
             await self.fanout.leave(channel, self)
 
@@ -187,6 +188,10 @@ class EventStreamConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
             state.recent = self.subscriptions[channel].recent
         self.subscriptions[channel] = state
         await self.fanout.join(channel, self)
+        if self.subscriptions.get(channel) is not state or self.outbox.failed:
+            # Left while joining (access revoked, socket given up): do not stay in.
+            await self.fanout.leave(channel, self)
+            return
         replay: list[tuple[str, str, str]] = []
         reset: str | None = None
         if since is not None:
@@ -202,6 +207,11 @@ class EventStreamConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
         for event_id, _event_type, raw in replay:
             state.first_time(event_id, keep)
             await self._send_text(_event_frame(channel, raw))
+        if state.overflowed and reset is None:  # it overflowed while the replay went out
+            await self._send_frame(
+                {"type": "reset", "channel": channel, "reason": "too_many_missed"}
+            )
+        # From here to the end nothing waits, so no live event slips in between.
         held, state.held = state.held or [], None
         if not state.overflowed:  # else the client was told to reset: it reloads
             for message in held:
@@ -250,7 +260,10 @@ class EventStreamConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
 
     async def access_changed(self, signed_out: bool, forbidden: Sequence[str]) -> None:
         if signed_out:
-            await self._close_after_sending(CLOSE_UNAUTHENTICATED, "signed out")
+            # Nothing more for a signed-out user, not even what is queued.
+            await self._leave_all()
+            with contextlib.suppress(Exception):
+                await self.close(code=CLOSE_UNAUTHENTICATED, reason="signed out")
             return
         for channel in forbidden:
             if channel in self.subscriptions:
@@ -268,8 +281,11 @@ class EventStreamConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
         await self._send_text(json.dumps(frame, separators=(",", ":")))
 
     async def _close_after_sending(self, code: int, reason: str) -> None:
-        await self.outbox.drained()
-        await self._leave_all()
+        # No more events; what is queued (the last error frame) goes out first, if the
+        # client takes it within WS_SEND_TIMEOUT.
+        await self._leave_all(keep_queued=True)
+        await self.outbox.drained(self.settings.WS_SEND_TIMEOUT)
+        self.outbox.close()
         await self.close(code=code, reason=reason)
 
     async def _error(

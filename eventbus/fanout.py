@@ -14,6 +14,7 @@ processes (and the relay) keep working as before.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import logging
 import weakref
@@ -24,6 +25,7 @@ from typing import Any, Protocol
 from channels.layers import BaseChannelLayer
 
 from .bus import is_connection_error
+from .layers import FANOUT_CHANNEL_PREFIX
 
 logger = logging.getLogger("eventbus.fanout")
 
@@ -118,7 +120,7 @@ class LocalFanout:
     async def _start(self) -> None:
         if self.channel_name is not None:
             return
-        self.channel_name = await self.layer.new_channel("eventbus.fanout.")
+        self.channel_name = await self.layer.new_channel(FANOUT_CHANNEL_PREFIX)
         self._tasks = [
             asyncio.create_task(self._read(self.channel_name)),
             asyncio.create_task(self._refresh()),
@@ -177,9 +179,12 @@ class LocalFanout:
             for group in list(self._joined):
                 await self.layer.group_add(group, channel_name)
         except Exception as exc:
-            if not is_connection_error(exc):
-                raise
-            # Still away: the reader fails too, and tries again later.
+            # Still away (or, after a failover, read-only): the reader and the refresh
+            # must live on and try again later, or every socket here goes quiet.
+            if is_connection_error(exc):
+                logger.warning("The fan-out could not join its groups again: %s", exc)
+            else:
+                logger.exception("The fan-out could not join its groups again")
 
 
 _fanouts: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[int, LocalFanout]] = (
@@ -284,10 +289,12 @@ class Outbox:
                 self._fail(stalled=True)
         self.offer(frame)
 
-    async def drained(self) -> None:
-        """Wait until every queued frame went out (or the socket was given up)."""
-        while self._sender is not None:
-            await asyncio.wait({self._sender})
+    async def drained(self, timeout: float | None = None) -> None:
+        """Wait until every queued frame went out, the socket was given up, or ``timeout``."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(timeout):
+                while (sender := self._sender) is not None and not sender.done():
+                    await asyncio.wait({sender})
 
     def close(self) -> None:
         """Send nothing more; drop what is queued."""
@@ -299,6 +306,8 @@ class Outbox:
             self._timer = None
         sender = self._sender
         if sender is not None and sender is not asyncio.current_task():
+            # A task cancelled before its first step never runs its `finally`.
+            self._sender = None
             sender.cancel()
 
     async def _finish(self, sending: Coroutine[Any, Any, None], waiting_on: Any) -> None:
@@ -315,11 +324,13 @@ class Outbox:
                 self._sending_since = clock()
                 await self._send(frames[0])
         except asyncio.CancelledError:
-            pass
+            if not self.failed:  # not close(): what the send waited on was cancelled
+                self._fail(stalled=False)
         except Exception:
             self._fail(stalled=False)
         finally:
-            self._sender = None
+            if self._sender is asyncio.current_task():
+                self._sender = None
             if self._timer is not None:
                 self._timer.cancel()
                 self._timer = None
@@ -363,7 +374,14 @@ async def _resume(coroutine: Coroutine[Any, Any, None], waiting_on: Any) -> None
                 try:
                     await asyncio.wait({waiting_on})
                 except asyncio.CancelledError:
-                    coroutine.close()
+                    # As a task would: cancel what it waits on, and raise in it.
+                    waiting_on.cancel()
+                    try:
+                        coroutine.throw(asyncio.CancelledError())
+                    except (StopIteration, asyncio.CancelledError):
+                        pass
+                    else:  # it went on waiting: end it
+                        coroutine.close()
                     raise
             waiting_on = coroutine.send(None)
     except StopIteration:

@@ -11,14 +11,24 @@ pyproject): if they are missing, :func:`group_send_many` falls back to concurren
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections import defaultdict
 from collections.abc import Sequence
 from typing import Any
 
+logger = logging.getLogger("eventbus.layers")
+
 # Past this many messages, split the Lua call: Redis holds the whole argument list.
 _LUA_CHUNK = 1000
 _CONCURRENCY = 64
+
+# A server process's fan-out channel (eventbus.fanout) carries every group its sockets
+# watch, and its reader takes one message at a time while it hands each to a thousand
+# sockets: a relay batch must not meet the capacity meant for one socket's channel
+# (RedisChannelLayer's default is 100, and what is over it is dropped).
+FANOUT_CHANNEL_PREFIX = "eventbus.fanout."
+FANOUT_CAPACITY = 10_000
 
 # The script channels_redis runs in RedisChannelLayer.group_send, but for many messages:
 # each gets a score 10 µs after the one before, so a channel receives them in order.
@@ -97,11 +107,15 @@ async def _core_group_send_many(layer: Any, sends: Sequence[tuple[str, dict[str,
         for group, names in zip(groups, results[1::2], strict=True):
             members[group] = [name.decode("utf8") for name in names]
     # 2. The messages per channel key, as group_send would build them.
-    keys_by_host: dict[int, list[tuple[bytes, bytes, int]]] = defaultdict(list)
+    keys_by_host: dict[int, list[tuple[str, bytes, int]]] = defaultdict(list)
+    fanout_key = layer.prefix + FANOUT_CHANNEL_PREFIX
     for group, message in sends:
         by_host, key_to_message, key_to_capacity = layer._map_channel_keys_to_connection(
             members[group], message
         )
+        for key in key_to_capacity:
+            if key.startswith(fanout_key):
+                key_to_capacity[key] = max(key_to_capacity[key], FANOUT_CAPACITY)
         for index, keys in by_host.items():
             keys_by_host[index].extend(
                 (key, key_to_message[key], key_to_capacity[key]) for key in keys
@@ -112,13 +126,21 @@ async def _core_group_send_many(layer: Any, sends: Sequence[tuple[str, dict[str,
         pipe = layer.connection(index).pipeline(transaction=False)
         for key in dict.fromkeys(key for key, _, _ in entries):
             pipe.zremrangebyscore(key, min=0, max=now - int(layer.expiry))
+        scripts = 0
         for start in range(0, len(entries), _LUA_CHUNK):
             chunk = entries[start : start + _LUA_CHUNK]
             keys = [key for key, _, _ in chunk]
             args = [message for _, message, _ in chunk] + [capacity for _, _, capacity in chunk]
             first_score = time.time() + start * 0.00001
             pipe.eval(_GROUP_SEND_LUA, len(keys), *keys, *args, first_score, layer.expiry)
-        await pipe.execute()
+            scripts += 1
+        results = await pipe.execute()
+        # What the scripts return: how many messages met a channel at capacity.
+        if dropped := sum(int(result) for result in results[-scripts:]):
+            logger.warning(
+                "%d message(s) dropped: their channel was at capacity (its reader is behind)",
+                dropped,
+            )
 
 
 async def _pubsub_group_send_many(layer: Any, sends: Sequence[tuple[str, dict[str, Any]]]) -> None:

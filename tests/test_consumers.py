@@ -543,3 +543,49 @@ async def test_a_hook_that_fails_during_the_recheck_changes_nothing(member, capl
         event = await publish_order(1)
         assert (await client.recv())["event"]["id"] == str(event.id)
     hook_calls.clear()
+
+
+@override_settings(EVENTBUS={**SETTINGS, "RESUME_MAX_EVENTS": 2})
+async def test_too_many_live_events_while_the_replay_goes_out_says_reset(member, monkeypatch):
+    seen = await publish_order(0)
+    original = EventStreamConsumer._send_text
+
+    async def send_text(self: EventStreamConsumer, text: str) -> None:
+        await original(self, text)
+        if '"type":"subscribed"' in text:  # live events arrive while it is being sent
+            for n in range(3):
+                self.deliver(
+                    {
+                        "channel": CHANNEL,
+                        "id": str(uuid4()),
+                        "event_type": "order.deleted",
+                        "event": json.dumps({"order_id": 100 + n}),
+                    }
+                )
+
+    monkeypatch.setattr(EventStreamConsumer, "_send_text", send_text)
+    async with Client(member) as client:
+        assert (await client.subscribe(since=str(seen.id)))["type"] == "subscribed"
+        assert await client.recv() == {
+            "type": "reset",
+            "channel": CHANNEL,
+            "reason": "too_many_missed",
+        }
+        assert await client.nothing()
+
+
+@override_settings(EVENTBUS=SETTINGS)
+async def test_a_subscription_ended_while_joining_does_not_stay_in_the_group(member, monkeypatch):
+    from eventbus.fanout import LocalFanout
+
+    original = LocalFanout.join
+
+    async def join(self: LocalFanout, group: str, joiner: Any) -> None:
+        joiner.subscriptions.pop(group, None)  # e.g. access revoked meanwhile
+        await original(self, group, joiner)
+
+    monkeypatch.setattr(LocalFanout, "join", join)
+    async with Client(member) as client:
+        await client.send({"action": "subscribe", "channel": CHANNEL})
+        assert await client.nothing()
+        assert get_fanout(get_event_bus().layer).members(CHANNEL) == []

@@ -143,6 +143,51 @@ async def test_the_fanout_joins_again_after_redis_restarts(
             await layer.flush()
 
 
+async def test_the_reader_lives_on_when_joining_again_fails(caplog):
+    class FailingAfterFirst(InMemoryChannelLayer):
+        adds = 0
+
+        async def group_add(self, group: str, channel: str) -> None:
+            self.adds += 1
+            if self.adds > 1:
+                raise RuntimeError("READONLY You can't write against a read only replica")
+            await super().group_add(group, channel)
+
+    fanout = LocalFanout(FailingAfterFirst())
+    fanout.refresh_seconds = 0.05
+    member = Recorder()
+    await fanout.join("g", member)
+    with caplog.at_level(logging.ERROR, logger="eventbus.fanout"):
+        await asyncio.sleep(0.2)  # several refreshes fail
+    assert "READONLY" in caplog.text
+    await fanout.layer.group_send("g", message("g", 3))
+    assert (await member.next())["n"] == 3
+    await fanout.leave("g", member)
+
+
+@pytest.mark.redis
+async def test_a_burst_to_a_busy_process_is_not_cut_at_the_layers_capacity(redis_url: str):
+    """One fan-out channel carries all of a process's groups: a relay batch fits."""
+    from channels_redis.core import RedisChannelLayer
+
+    from eventbus.layers import group_send_many
+
+    layer = RedisChannelLayer(hosts=[redis_url], capacity=100)
+    fanout = LocalFanout(layer)
+    member = Recorder()
+    await fanout.join("g", member)
+    try:
+        await group_send_many(layer, [("g", message("g", n)) for n in range(500)])
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + TIMEOUT
+        while len(member.messages) < 500 and loop.time() < deadline:
+            await asyncio.sleep(0.05)
+        assert [m["n"] for m in member.messages] == list(range(500))
+    finally:
+        await fanout.leave("g", member)
+        await layer.flush()
+
+
 # -- Outbox --------------------------------------------------------------------------
 
 
@@ -276,10 +321,12 @@ async def test_a_send_that_waits_then_raises_reports_a_gone_socket():
 
 async def test_closing_while_a_send_waits_ends_that_send():
     ended: list[str] = []
+    waited_on: list[asyncio.Future[None]] = []
 
     async def send(frame: str) -> None:
+        waited_on.append(asyncio.get_running_loop().create_future())
         try:
-            await asyncio.Event().wait()  # never set
+            await waited_on[-1]  # never resolved
         finally:
             ended.append(frame)
 
@@ -289,8 +336,28 @@ async def test_closing_while_a_send_waits_ends_that_send():
     await asyncio.sleep(0.01)
     outbox.close()
     await asyncio.wait_for(outbox.drained(), TIMEOUT)
+    await asyncio.sleep(0)
     assert ended == ["f0"]
+    assert waited_on[0].cancelled()  # as when a task waiting on it is cancelled
     assert not outbox.offer("f2")
+
+
+async def test_closing_before_the_waiting_send_got_a_turn_does_not_hang_drained():
+    socket = Socket()
+    outbox, _ = outbox_for(socket)
+    socket.open.clear()
+    outbox.offer("f0")  # waits: a task takes over, not started yet
+    outbox.close()
+    await asyncio.wait_for(outbox.drained(), 1.0)
+
+
+async def test_drained_gives_up_after_its_timeout():
+    socket = Socket()
+    outbox, failures = outbox_for(socket)
+    socket.open.clear()
+    outbox.offer("f0")
+    await asyncio.wait_for(outbox.drained(timeout=0.05), 1.0)
+    assert len(outbox) == 1 and failures == []
 
 
 who = contextvars.ContextVar("who", default="nobody")
