@@ -5,6 +5,10 @@ eventbus's relay (batched claims, concurrent ``group_send``) against a plain loo
 per run (``--layer core`` for RedisChannelLayer, ``--layer pubsub`` for
 RedisPubSubChannelLayer), with ``redis-benchmark`` PUBLISH (plain and pipelined)
 printed beside it as the physical limit. Starts its own redis-server.
+
+Three rounds take turns (relay, plain loop, relay into a sink that does nothing), and
+each rate is the median of its rounds. The subscribers run in a process of their own
+(``bench.relay_listener``) and count what arrives.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ import asyncio
 import os
 import re
 import shutil
+import statistics
 import subprocess
 import sys
 import time
@@ -28,6 +33,7 @@ LAYERS = {
     "pubsub": "channels_redis.pubsub.RedisPubSubChannelLayer",
 }
 PROJECTS = 10
+ROUNDS = 3
 
 
 def redis_benchmark(port: int, requests: int, pipeline: int) -> float | None:
@@ -94,8 +100,9 @@ def run(quick: bool = False, layer: str = "core") -> list[dict[str, Any]]:
             limit=rates.relay_null_sink,
             limit_name="the relay into a sink that does nothing (its database work only)",
             layer=layer,
+            rounds=rates.rounds,
             received_by_subscribers=rates.received,
-            sent_to_subscribers=2 * rates.events,
+            sent_to_subscribers=2 * rates.events * rates.rounds,
             redis_benchmark_publish=publish_plain,
             redis_benchmark_publish_pipelined_16=publish_pipelined,
             **notes,
@@ -109,6 +116,7 @@ class Rates(NamedTuple):
     relay_null_sink: float
     events: int
     received: int
+    rounds: int
 
 
 async def _measure(quick: bool) -> Rates:
@@ -157,34 +165,47 @@ async def _measure(quick: bool) -> Rates:
         EventRecord.objects.bulk_create(rows, batch_size=500)
         return [r.to_event() for r in EventRecord.objects.order_by("timestamp", "id")]
 
-    events = await sync_to_async(fill)()
-    start = time.perf_counter()
-    # The worker's own loop (manage.py eventbus_relay), stopping once the log is drained.
-    await asyncio.wait_for(Relay().arun(until_idle=True), 300)
-    relay_seconds = time.perf_counter() - start
-    delivered = await sync_to_async(
-        EventRecord.objects.filter(status=DeliveryStatus.DELIVERED).count
-    )()
-    if delivered != count:
-        raise RuntimeError(f"relay delivered {delivered} of {count}")
+    async def relay(sink: Any = None) -> float:
+        """Seconds for the worker's own loop (manage.py eventbus_relay) to drain the log."""
+        await sync_to_async(fill)()
+        start = time.perf_counter()
+        await asyncio.wait_for(Relay(sink=sink).arun(until_idle=True), 300)
+        seconds = time.perf_counter() - start
+        delivered = await sync_to_async(
+            EventRecord.objects.filter(status=DeliveryStatus.DELIVERED).count
+        )()
+        if delivered != count:
+            raise RuntimeError(f"relay delivered {delivered} of {count}")
+        return seconds
 
-    start = time.perf_counter()
-    for event in events:
-        channel = EventBus.get_project_channel(event.project_id)
-        await layer.group_send(channel, _message(event, channel))
-    plain_seconds = time.perf_counter() - start
+    async def plain() -> float:
+        events = await sync_to_async(fill)()
+        start = time.perf_counter()
+        for event in events:
+            channel = EventBus.get_project_channel(event.project_id)
+            await layer.group_send(channel, _message(event, channel))
+        return time.perf_counter() - start
+
+    # Rounds take turns, and each rate is the median of its rounds: one run to the next
+    # varies by a fifth on this kind of machine (SQLite's fsyncs, the other processes).
+    rounds = 1 if quick else ROUNDS
+    relay_seconds, plain_seconds, null_seconds = [], [], []
+    for _ in range(rounds):
+        relay_seconds.append(await relay())
+        plain_seconds.append(await plain())
+        # The relay's own limit: the same backlog into a sink that does nothing, so all
+        # that is left is the database work (claim, rebuild the events, mark delivered).
+        null_seconds.append(await relay(InMemorySink()))
     listener.stdin.close()
     received = int(await asyncio.wait_for(listener.stdout.readline(), 30))
     await listener.wait()
-
-    # The relay's own floor: the same backlog into a sink that does nothing, so all
-    # that is left is the database work (claim, rebuild the events, mark delivered).
-    await sync_to_async(fill)()
-    start = time.perf_counter()
-    await asyncio.wait_for(Relay(sink=InMemorySink()).arun(until_idle=True), 300)
-    null_seconds = time.perf_counter() - start
     return Rates(
-        count / relay_seconds, count / plain_seconds, count / null_seconds, count, received
+        count / statistics.median(relay_seconds),
+        count / statistics.median(plain_seconds),
+        count / statistics.median(null_seconds),
+        count,
+        received,
+        rounds,
     )
 
 
