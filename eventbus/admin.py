@@ -9,6 +9,7 @@ from typing import Any
 from uuid import UUID
 
 from django.contrib import admin, messages
+from django.contrib.admin.utils import flatten_fieldsets
 from django.contrib.admin.views.main import ChangeList
 from django.db.models import Exists, OuterRef, Q, QuerySet
 from django.http import HttpRequest
@@ -127,23 +128,7 @@ class EventRecordAdmin(_ReadOnlyAdmin):
             },
         ),
     )
-    readonly_fields = (
-        "id",
-        "type",
-        "timestamp",
-        "project_id",
-        "actor",
-        "payload_json",
-        "correlation_id",
-        "causation_id",
-        "chain",
-        "status",
-        "attempts",
-        "last_error",
-        "next_attempt_at",
-        "delivered_at",
-        "sequence",
-    )
+    readonly_fields = flatten_fieldsets(fieldsets)
 
     def get_changelist(self, request: HttpRequest, **kwargs: Any) -> type[ChangeList]:
         return _EventChangeList
