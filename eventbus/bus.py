@@ -31,9 +31,10 @@ MESSAGE_TYPE = "eventbus.event"
 """The ``type`` of channel-layer messages; consumers handle it as ``eventbus_event``."""
 
 _CHANNEL_NAME = re.compile(r"^[A-Za-z0-9._-]{1,90}$")
-# A subscription that lost the layer's server retries after 0.1 s, then 0.2 s, ... up to 2 s.
-_RETRY_FIRST = 0.1
-_RETRY_MAX = 2.0
+# What lost the layer's server (a subscription, a fan-out's reader) retries after 0.1 s,
+# then 0.2 s, ... up to 2 s.
+RETRY_FIRST = 0.1
+RETRY_MAX = 2.0
 
 logger = logging.getLogger("eventbus.bus")
 
@@ -223,7 +224,7 @@ class Subscription:
     async def __anext__(self) -> Event[Any]:
         await self.start()
         assert self._layer is not None and self.channel_name is not None
-        delay = _RETRY_FIRST
+        delay = RETRY_FIRST
         while True:
             try:
                 message = await self._receive()
@@ -237,7 +238,7 @@ class Subscription:
                     exc,
                 )
                 await asyncio.sleep(delay)
-                delay = min(delay * 2, _RETRY_MAX)
+                delay = min(delay * 2, RETRY_MAX)
                 await self._rejoin()
                 continue
             return parse_event(message["event"])

@@ -24,14 +24,10 @@ from typing import Any, Protocol
 
 from channels.layers import BaseChannelLayer
 
-from .bus import is_connection_error
+from .bus import RETRY_FIRST, RETRY_MAX, is_connection_error
 from .layers import FANOUT_CHANNEL_PREFIX
 
 logger = logging.getLogger("eventbus.fanout")
-
-# After losing the layer's server the reader retries after 0.1 s, doubling up to 2 s.
-_RETRY_FIRST = 0.1
-_RETRY_MAX = 2.0
 
 
 class Member(Protocol):
@@ -135,7 +131,7 @@ class LocalFanout:
             await asyncio.wait(tasks)
 
     async def _read(self, channel_name: str) -> None:
-        delay = _RETRY_FIRST
+        delay = RETRY_FIRST
         while True:
             try:
                 message = await self.layer.receive(channel_name)
@@ -149,10 +145,10 @@ class LocalFanout:
                 else:
                     logger.exception("The fan-out could not read from the channel layer")
                 await asyncio.sleep(delay)
-                delay = min(delay * 2, _RETRY_MAX)
+                delay = min(delay * 2, RETRY_MAX)
                 await self._rejoin()
                 continue
-            delay = _RETRY_FIRST
+            delay = RETRY_FIRST
             self.deliver(message)
 
     def deliver(self, message: dict[str, Any]) -> None:
@@ -301,9 +297,7 @@ class Outbox:
         self.failed = True
         self._frames.clear()
         self._wake()
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        self._stop_watching()
         sender = self._sender
         if sender is not None and sender is not asyncio.current_task():
             # A task cancelled before its first step never runs its `finally`.
@@ -331,13 +325,16 @@ class Outbox:
         finally:
             if self._sender is asyncio.current_task():
                 self._sender = None
-            if self._timer is not None:
-                self._timer.cancel()
-                self._timer = None
+            self._stop_watching()
 
     def _watch(self) -> None:
         if self._timer is None:
             self._timer = asyncio.get_running_loop().call_later(self.timeout, self._check)
+
+    def _stop_watching(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
 
     def _check(self) -> None:
         self._timer = None
