@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fnmatch
+import functools
 import json
 import logging
 from collections import OrderedDict
@@ -310,8 +311,11 @@ class EventStreamConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
         await self._send_frame({"type": "unsubscribed", "channel": channel, "reason": reason})
 
 
+@functools.lru_cache(maxsize=16)
 def _event_frame(channel: str, raw_event: str) -> str:
-    # The event is JSON already: splice it in rather than parse and dump it again.
+    # The event is JSON already: splice it in rather than parse and dump it again. The
+    # fan-out asks once per socket for the same event: build the frame once, and let
+    # every socket's queue share it.
     return f'{{"type":"event","channel":{json.dumps(channel)},"event":{raw_event}}}'
 
 
