@@ -271,11 +271,14 @@ class AnchorSide(Side):
 
     async def publish(self, channel: str, event: Any) -> float:
         started = time.perf_counter()
+        await self.layer.group_send(channel, self.message(channel, event))
+        return started
+
+    def message(self, channel: str, event: Any) -> dict[str, Any]:
         text = json.dumps(
             {"type": "event", "channel": channel, "event": event.model_dump(mode="json")}
         )
-        await self.layer.group_send(channel, {"type": "plain.message", "text": text})
-        return started
+        return {"type": "plain.message", "text": text}
 
 
 class FloorSide(AnchorSide):
@@ -283,15 +286,9 @@ class FloorSide(AnchorSide):
 
     name = "floor"
 
-    async def publish(self, channel: str, event: Any) -> float:
-        started = time.perf_counter()
-        text = json.dumps(
-            {"type": "event", "channel": channel, "event": event.model_dump(mode="json")}
-        )
-        await self.layer.group_send(
-            channel, {"type": "plain.message", "group": channel, "text": text}
-        )
-        return started
+    def message(self, channel: str, event: Any) -> dict[str, Any]:
+        # The floor server reads one channel for all its groups: say which.
+        return {**super().message(channel, event), "group": channel}
 
 
 # -- the measurements --------------------------------------------------------------------------
