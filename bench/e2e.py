@@ -248,7 +248,7 @@ class EventbusSide(Side):
 
     async def publish(self, channel: str, event: Any) -> float:
         started = time.perf_counter()
-        await self.bus.publish(channel, event)
+        await self.bus.send(channel, event)
         return started
 
 
@@ -576,9 +576,9 @@ async def _until_given_up(side: Side, since: float) -> float | None:
 
 def _frame(channel: str, event: Any) -> str:
     """The frame eventbus sends for ``event`` (the anchor's is the same size, give or take)."""
-    from eventbus.bus import public_json
+    from eventbus.wire import event_frame, public_json
 
-    return f'{{"type":"event","channel":"{channel}","event":{public_json(event)}}}'
+    return event_frame(channel, public_json(event))
 
 
 async def _paced(

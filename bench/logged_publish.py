@@ -28,7 +28,7 @@ def run(quick: bool = False, db: str = "sqlite") -> list[dict[str, Any]]:
     from django.test.utils import override_settings, setup_databases, teardown_databases
 
     from eventbus import get_event_dispatcher
-    from eventbus.envelope import uuid7
+    from eventbus.ids import uuid7
     from eventbus.models import EventRecord
     from tests.testapp.events import ShopEvent
 

@@ -124,11 +124,12 @@ async def _measure(quick: bool) -> Rates:
     from channels.layers import get_channel_layer
     from django.utils import timezone
 
-    from eventbus.bus import EventBus, _message
-    from eventbus.envelope import uuid7
+    from eventbus.bus import EventBus
+    from eventbus.ids import uuid7
     from eventbus.models import DeliveryStatus, EventRecord
     from eventbus.relay import Relay
     from eventbus.sinks import InMemorySink
+    from eventbus.wire import layer_message
 
     count = 500 if quick else 10_000
     layer = get_channel_layer()
@@ -183,7 +184,7 @@ async def _measure(quick: bool) -> Rates:
         start = time.perf_counter()
         for event in events:
             channel = EventBus.get_project_channel(event.project_id)
-            await layer.group_send(channel, _message(event, channel))
+            await layer.group_send(channel, layer_message(event, channel))
         return time.perf_counter() - start
 
     # Rounds take turns, and each rate is the median of its rounds: one run to the next

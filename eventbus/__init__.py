@@ -1,6 +1,9 @@
 """Typed domain events for Django.
 
-The public API is ``__all__``; every other name is private and may change.
+The public API is ``__all__``; every other name is private and may change. The module
+map, with each module's one job and the path of one event through them, is in
+docs/architecture.md: catalog and envelope -> dispatcher (validate, store, commit,
+hand off, dispatch, signal) -> log and relay -> bus, fan-out and consumer.
 """
 
 from __future__ import annotations

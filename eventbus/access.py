@@ -20,7 +20,7 @@ from channels.db import database_sync_to_async
 from django.utils.module_loading import import_string
 
 from . import conf
-from ._eager import start_task
+from ._tasks import TaskSet
 
 logger = logging.getLogger("eventbus.ws")
 
@@ -69,7 +69,7 @@ class AccessWatch:
     def __init__(self) -> None:
         self._sockets: dict[Watched, None] = {}
         self._task: asyncio.Task[None] | None = None
-        self._telling: set[asyncio.Task[None]] = set()
+        self._telling = TaskSet()
 
     def add(self, socket: Watched) -> None:
         self._sockets[socket] = None
@@ -98,10 +98,7 @@ class AccessWatch:
         for socket, verdict in zip(sockets, verdicts, strict=True):
             if verdict.changed and socket in self._sockets:
                 # A task each: telling one socket may wait on its sends.
-                task = start_task(socket.access_changed(verdict.signed_out, verdict.forbidden))
-                if not task.done():
-                    self._telling.add(task)
-                    task.add_done_callback(self._telling.discard)
+                self._telling.start(socket.access_changed(verdict.signed_out, verdict.forbidden))
 
 
 _watches: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, AccessWatch] = (

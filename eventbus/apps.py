@@ -1,3 +1,5 @@
+"""The app config: where eventbus is wired together, once, at start-up."""
+
 from django.apps import AppConfig
 
 
@@ -7,21 +9,16 @@ class EventBusConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self) -> None:
-        from . import checks  # noqa: F401  (registers the system checks)
         from .catalog import catalog
+        from .checks import register_checks
         from .conf import get_settings
-        from .dispatcher import get_event_dispatcher
-        from .log import arecord, record, record_failure
+        from .dispatcher import Stages, get_event_dispatcher
+        from .failures import record_failure
+        from .log import EventLog
         from .relay import Relay
 
+        register_checks()
         settings = get_settings()
         catalog.load(settings.CATALOGS)
-        dispatcher = get_event_dispatcher()
-        # The log row must be written first, inside the publisher's transaction.
-        dispatcher.publish_listeners.insert(0, record)
-        dispatcher.apublish_listeners.insert(0, arecord)
-        relay = Relay()
-        dispatcher.commit_listeners.append(relay.hand_off)
-        dispatcher.acommit_listeners.append(relay.ahand_off)
-        dispatcher.failure_listeners.append(record_failure)
-        dispatcher.start(settings.HANDLER_MODULES)
+        stages = Stages(store=EventLog(), hand_off=Relay(), record_failure=record_failure)
+        get_event_dispatcher().start(settings.HANDLER_MODULES, stages)

@@ -24,7 +24,6 @@ from typing import Any, ClassVar
 from django.db import models
 from django.db.models.signals import post_delete, post_init, post_save
 
-from .catalog import ConfigProblem
 from .dispatcher import get_event_dispatcher
 
 PayloadBuilder = Callable[..., dict[str, Any]]
@@ -64,7 +63,6 @@ class OnChange:
 
 
 registry: list[type[ModelEvents]] = []
-problems: list[ConfigProblem] = []
 
 
 class ModelEvents:
@@ -172,53 +170,22 @@ class ModelEvents:
         )
 
     @classmethod
-    def check_rules(cls) -> list[ConfigProblem]:
-        """Problems that would make a default payload impossible to build."""
-        found = []
-        catalog = get_event_dispatcher().catalog
-        fields = {f.name for f in cls.model._meta.get_fields()} | {
-            getattr(f, "attname", f.name) for f in cls.model._meta.get_fields()
+    def rules(cls) -> tuple[OnCreate | OnChange | OnDelete, ...]:
+        """Every rule of this declaration, in the order they publish."""
+        return (*cls._creates, *cls._changes, *cls._deletes)
+
+    @classmethod
+    def default_payload_fields(cls, rule: OnCreate | OnChange | OnDelete) -> set[str]:
+        """The payload fields that ``rule``'s default payload can fill from the model."""
+        meta = cls.model._meta
+        available = {f.name for f in meta.get_fields()} | {
+            getattr(f, "attname", f.name) for f in meta.get_fields()
         }
-        model_id = f"{cls.model._meta.model_name}_id"
-        rules: tuple[OnCreate | OnChange | OnDelete, ...] = (
-            *cls._creates,
-            *cls._changes,
-            *cls._deletes,
-        )
-        for rule in rules:
-            if rule.event_type not in catalog:
-                found.append(
-                    ConfigProblem(
-                        "eventbus.E007",
-                        f"{cls.__qualname__} publishes {rule.event_type!r}, which is not in any "
-                        "catalog.",
-                        "Add the event type to a catalog in EVENTBUS['CATALOGS'].",
-                    )
-                )
-                continue
-            if rule.payload is not None:
-                continue
-            available = fields | {model_id}
-            if isinstance(rule, OnChange):
-                attname = cls._attnames[rule.field]
-                available |= {f"{p}_{n}" for p in ("old", "new") for n in (rule.field, attname)}
-            model = catalog.resolve(rule.event_type).payload_model
-            missing = [
-                name
-                for name, info in model.model_fields.items()
-                if info.is_required() and name not in available
-            ]
-            if missing:
-                found.append(
-                    ConfigProblem(
-                        "eventbus.E008",
-                        f"{cls.__qualname__} cannot build the payload of "
-                        f"{catalog.resolve(rule.event_type).name!r}: {cls.model.__name__} has no "
-                        f"field for {', '.join(sorted(missing))}.",
-                        "Rename the payload fields, or give the rule a payload= callable.",
-                    )
-                )
-        return found
+        available.add(f"{meta.model_name}_id")
+        if isinstance(rule, OnChange):
+            attname = cls._attnames[rule.field]
+            available |= {f"{p}_{n}" for p in ("old", "new") for n in (rule.field, attname)}
+        return available
 
 
 def _build(

@@ -2,8 +2,8 @@
 
 A project lists its catalogs in ``EVENTBUS['CATALOGS']``; each is a mapping from
 a member of a ``str`` Enum to a frozen Pydantic model (or an :class:`EventSpec`
-when the type needs options). ``AppConfig.ready()`` loads them; problems are kept
-for the system checks instead of crashing start-up.
+when the type needs options). ``AppConfig.ready()`` loads them; what fails to load
+is kept in ``load_errors`` for the system checks instead of crashing start-up.
 """
 
 from __future__ import annotations
@@ -48,19 +48,11 @@ class CatalogEntry:
         return self.spec.payload
 
 
-@dataclass(frozen=True, slots=True)
-class ConfigProblem:
-    """A misconfiguration found at start-up, reported by the system checks under ``check_id``."""
-
-    check_id: str
-    message: str
-    hint: str
-
-
 class Catalog:
     def __init__(self) -> None:
         self._entries: dict[str, CatalogEntry] = {}
-        self.problems: list[ConfigProblem] = []
+        # (dotted path, what went wrong) for each catalog that could not be loaded.
+        self.load_errors: list[tuple[str, ImportError | ImproperlyConfiguredCatalog]] = []
 
     def __contains__(self, event_type: object) -> bool:
         try:
@@ -125,39 +117,16 @@ class Catalog:
         self._entries.update(staged)
 
     def load(self, paths: tuple[str, ...]) -> None:
-        """Import and register each dotted path, recording problems for the checks."""
+        """Import and register each dotted path; keep what fails in ``load_errors``."""
         for path in paths:
             try:
-                mapping = import_string(path)
-            except ImportError as exc:
-                self.problems.append(
-                    ConfigProblem(
-                        "eventbus.E002",
-                        f"EVENTBUS['CATALOGS'] names {path!r}, which cannot be imported: {exc}",
-                        "Use the dotted path of a mapping, e.g. 'myapp.events.EVENT_PAYLOAD_MAP'.",
-                    )
-                )
-                continue
-            try:
-                self.register(mapping, source=path)
-            except CatalogConflictError as exc:
-                self.problems.append(
-                    ConfigProblem(
-                        "eventbus.E004", str(exc), "Give each event type exactly one payload model."
-                    )
-                )
-            except ImproperlyConfiguredCatalog as exc:
-                self.problems.append(
-                    ConfigProblem(
-                        "eventbus.E003",
-                        str(exc),
-                        "Map members of a str Enum to Pydantic model classes.",
-                    )
-                )
+                self.register(import_string(path), source=path)
+            except (ImportError, ImproperlyConfiguredCatalog) as exc:
+                self.load_errors.append((path, exc))
 
     def clear(self) -> None:
         self._entries.clear()
-        self.problems.clear()
+        self.load_errors.clear()
 
 
 def _key(event_type: object) -> str:

@@ -1,7 +1,7 @@
-"""System checks: every misconfiguration eventbus can see at start-up has an id here.
+"""System checks: every misconfiguration eventbus can see at start-up, each with its id.
 
-Ids are never reused. ``E001``-``E009`` cover the catalog, handlers and bridge;
-``E010``-``E014`` and ``W003`` cover delivery beyond the process.
+Every id is defined here, once, and never reused. The checks are registered by
+``AppConfig.ready()`` (:func:`register_checks`), so importing this module does nothing.
 """
 
 from __future__ import annotations
@@ -15,16 +15,80 @@ from django.core.checks import CheckMessage, Error, Tags, Warning, register
 from django.utils.module_loading import import_string
 
 from . import bridge, conf
-from .catalog import ConfigProblem, catalog
+from .catalog import catalog
 from .dispatcher import get_event_dispatcher
+from .exceptions import CatalogConflictError, UnknownEventTypeError
+from .inspection import dotted_name
+
+E001 = "eventbus.E001"  # EVENTBUS is not a dict, or has unknown keys
+E002 = "eventbus.E002"  # a catalog path cannot be imported
+E003 = "eventbus.E003"  # a catalog is not a mapping of str-Enum members to models
+E004 = "eventbus.E004"  # one event type registered with two payload models
+E005 = "eventbus.E005"  # a handler is declared for an unknown event type
+E006 = "eventbus.E006"  # a handler cannot take the event, or annotates another model
+E007 = "eventbus.E007"  # a ModelEvents rule names an unknown event type
+E008 = "eventbus.E008"  # a ModelEvents rule cannot build its payload from the model
+E009 = "eventbus.E009"  # private_fields names a field the payload model lacks
+E010 = "eventbus.E010"  # AUTHORIZE cannot be imported
+E011 = "eventbus.E011"  # SINK cannot be imported or has no send
+E012 = "eventbus.E012"  # the sink broadcasts on a layer CHANNEL_LAYERS lacks
+E013 = "eventbus.E013"  # CHANNEL_ROUTER cannot be imported
+E014 = "eventbus.E014"  # a numeric setting is not a positive number
+W001 = "eventbus.W001"  # CATALOGS is empty
+W002 = "eventbus.W002"  # a payload model is not frozen
+W003 = "eventbus.W003"  # no AUTHORIZE hook
+W004 = "eventbus.W004"  # channels_redis with redis-py 8 and no explicit socket_timeout
+
+_NUMBERS = (
+    "MAX_PAYLOAD_BYTES",
+    "RELAY_BATCH_SIZE",
+    "RELAY_MAX_ATTEMPTS",
+    "RELAY_BACKOFF_BASE",
+    "RELAY_BACKOFF_MAX",
+    "RELAY_SWEEP_AFTER",
+    "RELAY_POLL_INTERVAL",
+    "RELAY_CLAIM_SECONDS",
+    "WS_MAX_FRAME_BYTES",
+    "WS_MAX_SUBSCRIPTIONS",
+    "WS_MAX_ERRORS",
+    "WS_REAUTHORIZE_SECONDS",
+    "WS_SEND_TIMEOUT",
+    "WS_SEND_QUEUE",
+    "RESUME_MAX_EVENTS",
+)
 
 
-def _as_message(problem: ConfigProblem) -> CheckMessage:
-    level = Warning if ".W" in problem.check_id else Error
-    return level(problem.message, hint=problem.hint, id=problem.check_id)
+def register_checks() -> None:
+    """Register the checks with Django (from ``AppConfig.ready()``)."""
+    register(check_eventbus, Tags.compatibility)
 
 
-@register(Tags.compatibility)
+def check_eventbus(
+    app_configs: Sequence[AppConfig] | None = None, **kwargs: Any
+) -> list[CheckMessage]:
+    """Every check below, in this order (Django's registry is a set: one entry keeps it)."""
+    return [
+        message
+        for check in (
+            check_settings,
+            check_catalog,
+            check_handlers,
+            check_model_events,
+            check_redis_client,
+            check_authorization,
+            check_sink,
+            check_router,
+            check_numbers,
+        )
+        for message in check(app_configs, **kwargs)
+    ]
+
+
+def _settings_usable() -> bool:
+    # When EVENTBUS is not a dict, E001 says so; checks of the defaults would only add noise.
+    return isinstance(conf.raw_setting(), dict)
+
+
 def check_settings(
     app_configs: Sequence[AppConfig] | None = None, **kwargs: Any
 ) -> list[CheckMessage]:
@@ -34,7 +98,7 @@ def check_settings(
             Error(
                 f"EVENTBUS must be a dict, not {type(raw).__name__}.",
                 hint="Set EVENTBUS = {'CATALOGS': ['myapp.events.EVENT_PAYLOAD_MAP']}.",
-                id="eventbus.E001",
+                id=E001,
             )
         ]
     messages: list[CheckMessage] = []
@@ -44,7 +108,7 @@ def check_settings(
             Error(
                 f"EVENTBUS has unknown keys: {', '.join(settings.unknown_keys)}.",
                 hint="Check the spelling against the settings listed in the README.",
-                id="eventbus.E001",
+                id=E001,
             )
         )
     if not settings.CATALOGS:
@@ -52,47 +116,137 @@ def check_settings(
             Warning(
                 "EVENTBUS['CATALOGS'] is empty, so no event type can be published.",
                 hint="List the dotted paths of your EVENT_PAYLOAD_MAP mappings.",
-                id="eventbus.W001",
+                id=W001,
             )
         )
     return messages
 
 
-@register(Tags.compatibility)
 def check_catalog(
     app_configs: Sequence[AppConfig] | None = None, **kwargs: Any
 ) -> list[CheckMessage]:
-    messages = [_as_message(problem) for problem in catalog.problems]
-    for entry in catalog:
-        if not entry.payload_model.model_config.get("frozen"):
+    messages: list[CheckMessage] = []
+    for path, exc in catalog.load_errors:
+        if isinstance(exc, ImportError):
             messages.append(
-                Warning(
-                    f"Payload model {entry.payload_model.__qualname__} of {entry.name!r} is not "
-                    "frozen, so a handler could change what the other handlers see.",
-                    hint="Set model_config = ConfigDict(frozen=True).",
-                    id="eventbus.W002",
+                Error(
+                    f"EVENTBUS['CATALOGS'] names {path!r}, which cannot be imported: {exc}",
+                    hint="Use the dotted path of a mapping, e.g. 'myapp.events.EVENT_PAYLOAD_MAP'.",
+                    obj=path,
+                    id=E002,
                 )
             )
-        unknown = entry.spec.private_fields - set(entry.payload_model.model_fields)
+        elif isinstance(exc, CatalogConflictError):
+            messages.append(
+                Error(str(exc), hint="Give each event type exactly one payload model.", id=E004)
+            )
+        else:
+            messages.append(
+                Error(
+                    str(exc),
+                    hint="Map members of a str Enum to Pydantic model classes.",
+                    obj=path,
+                    id=E003,
+                )
+            )
+    for entry in catalog:
+        model = entry.payload_model
+        if not model.model_config.get("frozen"):
+            messages.append(
+                Warning(
+                    f"Payload model {model.__qualname__} of {entry.name!r} is not frozen, so a "
+                    "handler could change what the other handlers see.",
+                    hint="Set model_config = ConfigDict(frozen=True).",
+                    obj=model,
+                    id=W002,
+                )
+            )
+        unknown = entry.spec.private_fields - set(model.model_fields)
         if unknown:
             messages.append(
                 Error(
                     f"{entry.name!r} marks {', '.join(sorted(unknown))} private, but "
-                    f"{entry.payload_model.__qualname__} has no such field.",
+                    f"{model.__qualname__} has no such field.",
                     hint="private_fields must name fields of the payload model.",
-                    id="eventbus.E009",
+                    obj=model,
+                    id=E009,
                 )
             )
     return messages
 
 
-@register(Tags.compatibility)
 def check_handlers(
     app_configs: Sequence[AppConfig] | None = None, **kwargs: Any
 ) -> list[CheckMessage]:
-    messages = [_as_message(problem) for problem in get_event_dispatcher().problems]
+    messages: list[CheckMessage] = []
+    for problem in get_event_dispatcher().declaration_errors:
+        if isinstance(problem.error, UnknownEventTypeError):
+            messages.append(
+                Error(
+                    f"Handler {dotted_name(problem.handler)} is declared for "
+                    f"{problem.event_type!r}: {problem.error}",
+                    hint="Fix the event type, or add it to a catalog in EVENTBUS['CATALOGS'].",
+                    obj=problem.handler,
+                    id=E005,
+                )
+            )
+        else:
+            messages.append(
+                Error(
+                    str(problem.error),
+                    hint="Annotate the handler's argument as Event[PayloadModel] with the "
+                    "catalog's payload model, or leave it unannotated.",
+                    obj=problem.handler,
+                    id=E006,
+                )
+            )
+    return messages
+
+
+def check_model_events(
+    app_configs: Sequence[AppConfig] | None = None, **kwargs: Any
+) -> list[CheckMessage]:
+    messages: list[CheckMessage] = []
     for declaration in bridge.registry:
-        messages.extend(_as_message(problem) for problem in declaration.check_rules())
+        messages.extend(model_events_messages(declaration))
+    return messages
+
+
+def model_events_messages(declaration: type[bridge.ModelEvents]) -> list[CheckMessage]:
+    """What would make one ``ModelEvents`` declaration fail at its first save."""
+    messages: list[CheckMessage] = []
+    event_catalog = get_event_dispatcher().catalog
+    for rule in declaration.rules():
+        if rule.event_type not in event_catalog:
+            messages.append(
+                Error(
+                    f"{declaration.__qualname__} publishes {rule.event_type!r}, which is not in "
+                    "any catalog.",
+                    hint="Add the event type to a catalog in EVENTBUS['CATALOGS'].",
+                    obj=declaration,
+                    id=E007,
+                )
+            )
+            continue
+        if rule.payload is not None:
+            continue
+        entry = event_catalog.resolve(rule.event_type)
+        available = declaration.default_payload_fields(rule)
+        missing = [
+            name
+            for name, info in entry.payload_model.model_fields.items()
+            if info.is_required() and name not in available
+        ]
+        if missing:
+            messages.append(
+                Error(
+                    f"{declaration.__qualname__} cannot build the payload of {entry.name!r}: "
+                    f"{declaration.model.__name__} has no field for {', '.join(sorted(missing))}.",
+                    hint="Rename the payload fields, or give the rule a payload= callable.",
+                    obj=declaration,
+                    id=E008,
+                )
+            )
     return messages
 
 
@@ -110,7 +264,6 @@ def _has_socket_timeout(host: Any) -> bool:
     return False  # a (host, port) pair takes the client's defaults
 
 
-@register(Tags.compatibility)
 def check_redis_client(
     app_configs: Sequence[AppConfig] | None = None, **kwargs: Any
 ) -> list[CheckMessage]:
@@ -134,13 +287,13 @@ def check_redis_client(
                     "blocking reads: WebSocket consumers crash every 5 s without events.",
                     hint="Give every host an explicit timeout, e.g. "
                     "{'address': 'redis://…', 'socket_timeout': None}, or install redis<8.",
-                    id="eventbus.W004",
+                    id=W004,
                 )
             )
     return messages
 
 
-def _importable(path: str) -> Exception | None:
+def _import_error(path: str) -> Exception | None:
     try:
         import_string(path)
     except ImportError as exc:
@@ -148,88 +301,95 @@ def _importable(path: str) -> Exception | None:
     return None
 
 
-@register(Tags.compatibility)
-def check_delivery(
+def check_authorization(
     app_configs: Sequence[AppConfig] | None = None, **kwargs: Any
 ) -> list[CheckMessage]:
-    if not isinstance(conf.raw_setting(), dict):
-        return []  # E001 says it; the defaults below would only add noise
-    settings = conf.get_settings()
-    messages: list[CheckMessage] = []
-    if settings.AUTHORIZE is None:
-        messages.append(
+    if not _settings_usable():
+        return []
+    hook = conf.get_settings().AUTHORIZE
+    if hook is None:
+        return [
             Warning(
                 "EVENTBUS['AUTHORIZE'] is not set: anonymous WebSocket users are refused, and "
                 "every signed-in user may subscribe to every channel.",
                 hint="Point it at a callable(user, channel) -> bool that checks membership.",
-                id="eventbus.W003",
+                id=W003,
             )
-        )
-    elif error := _importable(settings.AUTHORIZE):
-        messages.append(
+        ]
+    if error := _import_error(hook):
+        return [
             Error(
-                f"EVENTBUS['AUTHORIZE'] = {settings.AUTHORIZE!r} cannot be imported: {error}",
+                f"EVENTBUS['AUTHORIZE'] = {hook!r} cannot be imported: {error}",
                 hint="Use the dotted path of a callable(user, channel) -> bool.",
-                id="eventbus.E010",
+                id=E010,
             )
-        )
-    if settings.SINK is not None:
-        error = _importable(settings.SINK)
-        if error is None and not callable(getattr(import_string(settings.SINK), "send", None)):
-            error = TypeError("it has no send(events) method")
-        if error is not None:
-            messages.append(
-                Error(
-                    f"EVENTBUS['SINK'] = {settings.SINK!r} is not a usable sink: {error}",
-                    hint="Use 'eventbus.sinks.ChannelLayerSink', another Sink class, or None.",
-                    id="eventbus.E011",
-                )
-            )
-        elif settings.SINK == "eventbus.sinks.ChannelLayerSink" and settings.CHANNEL_LAYER not in (
-            getattr(django_settings, "CHANNEL_LAYERS", None) or {}
-        ):
-            messages.append(
-                Error(
-                    f"The sink broadcasts on the channel layer {settings.CHANNEL_LAYER!r}, which "
-                    "settings.CHANNEL_LAYERS does not define.",
-                    hint="Configure CHANNEL_LAYERS (channels_redis in production), set "
-                    "EVENTBUS['CHANNEL_LAYER'] to an alias it has, or set EVENTBUS['SINK'] = None.",
-                    id="eventbus.E012",
-                )
-            )
-    if error := _importable(settings.CHANNEL_ROUTER):
-        messages.append(
+        ]
+    return []
+
+
+def check_sink(app_configs: Sequence[AppConfig] | None = None, **kwargs: Any) -> list[CheckMessage]:
+    if not _settings_usable():
+        return []
+    settings = conf.get_settings()
+    if settings.SINK is None:
+        return []
+    error = _import_error(settings.SINK)
+    if error is None and not callable(getattr(import_string(settings.SINK), "send", None)):
+        error = TypeError("it has no send(events) method")
+    if error is not None:
+        return [
             Error(
-                f"EVENTBUS['CHANNEL_ROUTER'] = {settings.CHANNEL_ROUTER!r} cannot be imported: "
-                f"{error}",
-                hint="Use the dotted path of a callable(event) -> list of channel names.",
-                id="eventbus.E013",
+                f"EVENTBUS['SINK'] = {settings.SINK!r} is not a usable sink: {error}",
+                hint="Use 'eventbus.sinks.ChannelLayerSink', another Sink class, or None.",
+                id=E011,
             )
-        )
-    numbers = {
-        "MAX_PAYLOAD_BYTES": settings.MAX_PAYLOAD_BYTES,
-        "RELAY_BATCH_SIZE": settings.RELAY_BATCH_SIZE,
-        "RELAY_MAX_ATTEMPTS": settings.RELAY_MAX_ATTEMPTS,
-        "WS_MAX_FRAME_BYTES": settings.WS_MAX_FRAME_BYTES,
-        "WS_MAX_SUBSCRIPTIONS": settings.WS_MAX_SUBSCRIPTIONS,
-        "WS_MAX_ERRORS": settings.WS_MAX_ERRORS,
-        "RESUME_MAX_EVENTS": settings.RESUME_MAX_EVENTS,
-        "WS_SEND_QUEUE": settings.WS_SEND_QUEUE,
-        "RELAY_BACKOFF_BASE": settings.RELAY_BACKOFF_BASE,
-        "RELAY_BACKOFF_MAX": settings.RELAY_BACKOFF_MAX,
-        "RELAY_SWEEP_AFTER": settings.RELAY_SWEEP_AFTER,
-        "RELAY_POLL_INTERVAL": settings.RELAY_POLL_INTERVAL,
-        "RELAY_CLAIM_SECONDS": settings.RELAY_CLAIM_SECONDS,
-        "WS_REAUTHORIZE_SECONDS": settings.WS_REAUTHORIZE_SECONDS,
-        "WS_SEND_TIMEOUT": settings.WS_SEND_TIMEOUT,
-    }
-    for name, value in numbers.items():
+        ]
+    layers = getattr(django_settings, "CHANNEL_LAYERS", None) or {}
+    if settings.SINK == "eventbus.sinks.ChannelLayerSink" and settings.CHANNEL_LAYER not in layers:
+        return [
+            Error(
+                f"The sink broadcasts on the channel layer {settings.CHANNEL_LAYER!r}, which "
+                "settings.CHANNEL_LAYERS does not define.",
+                hint="Configure CHANNEL_LAYERS (channels_redis in production), set "
+                "EVENTBUS['CHANNEL_LAYER'] to an alias it has, or set EVENTBUS['SINK'] = None.",
+                id=E012,
+            )
+        ]
+    return []
+
+
+def check_router(
+    app_configs: Sequence[AppConfig] | None = None, **kwargs: Any
+) -> list[CheckMessage]:
+    if not _settings_usable():
+        return []
+    router = conf.get_settings().CHANNEL_ROUTER
+    if error := _import_error(router):
+        return [
+            Error(
+                f"EVENTBUS['CHANNEL_ROUTER'] = {router!r} cannot be imported: {error}",
+                hint="Use the dotted path of a callable(event) -> list of channel names.",
+                id=E013,
+            )
+        ]
+    return []
+
+
+def check_numbers(
+    app_configs: Sequence[AppConfig] | None = None, **kwargs: Any
+) -> list[CheckMessage]:
+    if not _settings_usable():
+        return []
+    settings = conf.get_settings()
+    messages: list[CheckMessage] = []
+    for name in _NUMBERS:
+        value = getattr(settings, name)
         if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
             messages.append(
                 Error(
                     f"EVENTBUS[{name!r}] must be a positive number, not {value!r}.",
                     hint="See the settings table in the README for defaults.",
-                    id="eventbus.E014",
+                    id=E014,
                 )
             )
     return messages

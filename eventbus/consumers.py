@@ -1,31 +1,33 @@
-"""The WebSocket consumer: subscribe to channels, resume from the log, authorize per channel.
+"""The WebSocket consumer: the protocol of docs/protocol.md, one socket at a time.
 
 The protocol is documented in docs/protocol.md.
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import fnmatch
-import functools
 import json
 import logging
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
-from uuid import UUID
 
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
 
 from . import conf
+from ._tasks import TaskSet
 from .access import get_access_watch, is_authenticated, may_subscribe
-from .bus import get_event_bus, public_json, validate_channel
+from .bus import get_event_bus
+from .channel_names import validate_channel
 from .exceptions import InvalidChannelError
-from .fanout import Outbox, get_fanout
-from .models import EVENT_COLUMNS, EventRecord, event_from_columns
+from .fanout import get_fanout
+from .ids import parse_uuid
+from .replay import load_replay
+from .sendqueue import SendQueue
+from .wire import event_frame, frame_json
 
 logger = logging.getLogger("eventbus.ws")
 
@@ -71,8 +73,9 @@ class EventStreamConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
 
     The consumer has no channel-layer channel of its own: the process joins each
     Channels group once and hands its events to the sockets that subscribed
-    (``eventbus.fanout``). Every frame goes out through the socket's :class:`Outbox`,
-    in order, so a slow socket never holds up the others.
+    (``eventbus.fanout``). Every frame goes out through the socket's
+    :class:`~eventbus.sendqueue.SendQueue`, in order, so a slow socket never holds up
+    the others.
     """
 
     channel_layer_alias = None
@@ -91,13 +94,13 @@ class EventStreamConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
         self.user = self.scope.get("user")
         self.settings = conf.get_settings()
         self.fanout = get_fanout(get_event_bus().layer)
-        self.outbox = Outbox(
+        self.send_queue = SendQueue(
             self._send_now,
             limit=self.settings.WS_SEND_QUEUE,
             timeout=self.settings.WS_SEND_TIMEOUT,
-            on_failure=self._outbox_failed,
+            on_failure=self._send_queue_failed,
         )
-        self._side_tasks: set[asyncio.Task[None]] = set()
+        self._side_tasks = TaskSet()
         await self.accept()
         if self.settings.AUTHORIZE is None and not is_authenticated(self.user):
             await self.close(code=CLOSE_UNAUTHENTICATED, reason="sign in first")
@@ -113,7 +116,7 @@ class EventStreamConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
             return
         get_access_watch().remove(self)
         if not keep_queued:
-            self.outbox.close()
+            self.send_queue.close()
         channels = list(self.subscriptions)
         self.subscriptions.clear()
         for channel in channels:
@@ -159,7 +162,7 @@ class EventStreamConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
         since = data.get("since")
         if since is not None:
             try:
-                since = str(UUID(str(since)))
+                since = str(parse_uuid(since))
             except ValueError:
                 raise _FrameError("invalid_field", "'since' must be an event id or null.") from None
         patterns = data.get("types")
@@ -189,15 +192,15 @@ class EventStreamConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
             state.recent = self.subscriptions[channel].recent
         self.subscriptions[channel] = state
         await self.fanout.join(channel, self)
-        if self.subscriptions.get(channel) is not state or self.outbox.failed:
+        if self.subscriptions.get(channel) is not state or self.send_queue.failed:
             # Left while joining (access revoked, socket given up): do not stay in.
             await self.fanout.leave(channel, self)
             return
         replay: list[tuple[str, str, str]] = []
         reset: str | None = None
         if since is not None:
-            replay, reset = await database_sync_to_async(_load_replay)(
-                channel, since, state, self.settings.RESUME_MAX_EVENTS
+            replay, reset = await database_sync_to_async(load_replay)(
+                channel, since, state.wants, self.settings.RESUME_MAX_EVENTS
             )
         if state.overflowed:
             replay, reset = [], "too_many_missed"
@@ -207,7 +210,7 @@ class EventStreamConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
         keep = self.settings.RESUME_MAX_EVENTS * 2
         for event_id, _event_type, raw in replay:
             state.first_time(event_id, keep)
-            await self._send_text(_event_frame(channel, raw))
+            await self._send_text(event_frame(channel, raw))
         if state.overflowed and reset is None:  # it overflowed while the replay went out
             await self._send_frame(
                 {"type": "reset", "channel": channel, "reason": "too_many_missed"}
@@ -216,7 +219,7 @@ class EventStreamConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
         held, state.held = state.held or [], None
         if not state.overflowed:  # else the client was told to reset: it reloads
             for message in held:
-                self.deliver(message)
+                self.on_message(message)
 
     async def _unsubscribe(self, data: dict[str, Any]) -> None:
         channel = _required_channel(data)
@@ -226,7 +229,8 @@ class EventStreamConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
 
     # -- events from the fan-out -----------------------------------------------
 
-    def deliver(self, message: dict[str, Any]) -> None:
+    def on_message(self, message: dict[str, Any]) -> None:
+        """A live event of a joined channel (from the fan-out): queue its frame."""
         channel = message["channel"]
         state = self.subscriptions.get(channel)
         if state is None or not state.wants(message["event_type"]):
@@ -238,12 +242,10 @@ class EventStreamConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
                 state.overflowed = True
             return
         if state.first_time(message["id"], self.settings.RESUME_MAX_EVENTS * 2):
-            self.outbox.offer(_event_frame(channel, message["event"]))
+            self.send_queue.offer(event_frame(channel, message["event"]))
 
-    def _outbox_failed(self, stalled: bool) -> None:
-        task = asyncio.get_running_loop().create_task(self._give_up(stalled))
-        self._side_tasks.add(task)
-        task.add_done_callback(self._side_tasks.discard)
+    def _send_queue_failed(self, stalled: bool) -> None:
+        self._side_tasks.start(self._give_up(stalled), eager=False)
 
     async def _give_up(self, stalled: bool) -> None:
         # Leave the groups first: the close handshake cannot finish while it does not read.
@@ -276,17 +278,17 @@ class EventStreamConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
         await self.send(text_data=text)
 
     async def _send_text(self, text: str) -> None:
-        await self.outbox.put(text)
+        await self.send_queue.put(text)
 
     async def _send_frame(self, frame: dict[str, Any]) -> None:
-        await self._send_text(json.dumps(frame, separators=(",", ":")))
+        await self._send_text(frame_json(frame))
 
     async def _close_after_sending(self, code: int, reason: str) -> None:
         # No more events; what is queued (the last error frame) goes out first, if the
         # client takes it within WS_SEND_TIMEOUT.
         await self._leave_all(keep_queued=True)
-        await self.outbox.drained(self.settings.WS_SEND_TIMEOUT)
-        self.outbox.close()
+        await self.send_queue.drained(self.settings.WS_SEND_TIMEOUT)
+        self.send_queue.close()
         await self.close(code=code, reason=reason)
 
     async def _error(
@@ -311,14 +313,6 @@ class EventStreamConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
         await self._send_frame({"type": "unsubscribed", "channel": channel, "reason": reason})
 
 
-@functools.lru_cache(maxsize=16)
-def _event_frame(channel: str, raw_event: str) -> str:
-    # The event is JSON already: splice it in rather than parse and dump it again. The
-    # fan-out asks once per socket for the same event: build the frame once, and let
-    # every socket's queue share it.
-    return f'{{"type":"event","channel":{json.dumps(channel)},"event":{raw_event}}}'
-
-
 def _required_channel(data: dict[str, Any]) -> str:
     if "channel" not in data or data["channel"] is None:
         raise _FrameError("missing_field", "'channel' is required.")
@@ -326,39 +320,3 @@ def _required_channel(data: dict[str, Any]) -> str:
         return validate_channel(data["channel"])
     except InvalidChannelError as exc:
         raise _FrameError("invalid_channel", str(exc)) from None
-
-
-def _load_replay(
-    channel: str, since: str, state: _ChannelState, cap: int
-) -> tuple[list[tuple[str, str, str]], str | None]:
-    """Events of ``channel`` committed after ``since``, in commit order; or a reset reason."""
-    anchor = EventRecord.objects.filter(id=since).values_list("sequence", flat=True).first()
-    if anchor is None:
-        return [], "since_unknown"
-    bus = get_event_bus()
-    rows = EventRecord.objects.filter(sequence__gt=anchor).order_by("sequence")
-    kind, _, ident = channel.partition(".")[2].partition(".")
-    if kind == "project":
-        rows = rows.filter(project_id=_uuid_or_none(ident))
-    found: list[tuple[str, str, str]] = []
-    for row in rows.values_list(*EVENT_COLUMNS).iterator(chunk_size=500):
-        event_type = row[1]
-        if not state.wants(event_type):
-            continue
-        try:
-            event = event_from_columns(*row)
-        except Exception:  # a corrupted row: the relay marks it; skip it here
-            continue
-        if channel not in bus.channels_for(event):
-            continue
-        if len(found) >= cap:
-            return [], "too_many_missed"
-        found.append((str(event.id), event_type, public_json(event)))
-    return found, None
-
-
-def _uuid_or_none(text: str) -> UUID | None:
-    try:
-        return UUID(text)
-    except ValueError:
-        return None

@@ -1,82 +1,110 @@
-"""In-process dispatch: subscriptions, publish/apublish, isolation and transactions.
+"""Publishing and in-process dispatch: the one path every event takes.
 
-Whether a handler is async, and whether it wants the envelope or the bare
-payload, is decided once at subscribe time, so dispatch is a plain loop.
+``publish()`` reads as its stages::
+
+    validate -> store -> (commit) -> hand off -> dispatch -> signal
+
+*validate* builds the envelope and the payload's JSON (refusing what JSON cannot hold
+or what is over ``MAX_PAYLOAD_BYTES``, in every dispatcher); *store* writes the log
+row in the publisher's transaction; after the commit, *hand off* gives the event to
+the relay, then the handlers run and ``event_published`` is sent. The store and
+hand-off stages, and where handler failures go, are the dispatcher's
+:class:`Stages`, wired by ``AppConfig.ready()``; a bare ``EventDispatcher()`` has
+none of them. ``apublish()`` takes the same stages through their async twins.
 """
 
 from __future__ import annotations
 
 import asyncio
-import inspect
 import logging
 import time
-import typing
-from collections.abc import Awaitable, Callable, Iterator, Mapping
+import warnings
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import UTC, datetime
-from typing import Any
-from uuid import UUID
+from typing import Any, Protocol, Unpack
 
-from asgiref.sync import async_to_sync, iscoroutinefunction, sync_to_async
+from asgiref.sync import async_to_sync, sync_to_async
 from django.core.exceptions import SynchronousOnlyOperation
 from django.db import transaction
 from django.utils.module_loading import autodiscover_modules
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel
 
-from ._eager import start_task
-from .catalog import Catalog, CatalogEntry, ConfigProblem, catalog
-from .envelope import ActorType, Event, _current_event, uuid7
-from .exceptions import EventSchemaError, InvalidHandlerError, UnknownEventTypeError
+from ._tasks import TaskSet, in_event_loop
+from .catalog import Catalog, CatalogEntry, catalog
+from .envelope import EnvelopeFields, Event, _current_event, new_event, validate_payload
+from .exceptions import EventBusError, InvalidHandlerError, UnknownEventTypeError
+from .inspection import Handler, HandlerFunc, dotted_name, inspect_handler
 from .signals import event_published
+from .wire import payload_json
 
 logger = logging.getLogger("eventbus")
 
-Handler = Callable[[Any], Any]
-FailureListener = Callable[[Event[Any], str, BaseException], None]
-PublishListener = Callable[[Event[Any], "str | None"], None]
-AsyncPublishListener = Callable[[Event[Any], "str | None"], Awaitable[None]]
-CommitListener = Callable[[Event[Any]], None]
-AsyncCommitListener = Callable[[Event[Any]], Awaitable[None]]
+Observer = Callable[[Event[Any]], None]
+FailureRecorder = Callable[[Event[Any], str, BaseException], None]
 
 
-@dataclass(frozen=True, slots=True)
-class Subscription:
-    func: Handler
-    name: str
-    is_async: bool
-    wants_payload: bool
+class Store(Protocol):
+    """The store stage: keeps the event in the publisher's transaction (the event log)."""
+
+    def store(
+        self, event: Event[Any], entry: CatalogEntry, payload: bytes, using: str | None
+    ) -> None: ...
+
+    async def astore(
+        self, event: Event[Any], entry: CatalogEntry, payload: bytes, using: str | None
+    ) -> None: ...
+
+
+class HandOff(Protocol):
+    """The hand-off stage: sends a committed event beyond the process (the relay)."""
+
+    def hand_off(self, event: Event[Any], entry: CatalogEntry) -> None: ...
+
+    async def ahand_off(self, event: Event[Any], entry: CatalogEntry) -> None: ...
+
+
+@dataclass(frozen=True)
+class Stages:
+    """What a dispatcher does around validation and dispatch; each stage is optional."""
+
+    store: Store | None = None
+    hand_off: HandOff | None = None
+    record_failure: FailureRecorder | None = None
+
+
+@dataclass(frozen=True)
+class DeclarationError:
+    """A handler declared with ``@event_handler`` that could not be subscribed."""
+
+    handler: HandlerFunc
+    event_type: object
+    error: EventBusError
 
 
 class EventDispatcher:
-    """Routes each event to the handlers subscribed to its type.
+    """Publishes events and routes each to the handlers subscribed to its type.
 
     Handlers run in subscription order. A handler that raises is logged (logger
     ``eventbus``, with ``event_id``, ``event_type`` and ``handler`` fields) and
-    reported to failure listeners; it never reaches the publisher or the other
+    recorded by the failure stage; it never reaches the publisher or the other
     handlers.
     """
 
-    def __init__(self, event_catalog: Catalog | None = None) -> None:
+    def __init__(self, event_catalog: Catalog | None = None, stages: Stages | None = None) -> None:
         self.catalog = event_catalog if event_catalog is not None else catalog
-        self._subscriptions: dict[str, tuple[Subscription, ...]] = {}
-        self._tasks: set[asyncio.Task[None]] = set()
-        self._declared: list[tuple[object, Handler]] = []
+        self.stages = stages or Stages()
+        self._handlers: dict[str, tuple[Handler, ...]] = {}
+        self._observers: tuple[Observer, ...] = ()
+        self._tasks = TaskSet()
+        self._declared: list[tuple[object, HandlerFunc]] = []
         self._started = False
         self._collecting = False
-        self.problems: list[ConfigProblem] = []
-        # Hooks for the event log, the relay and the test helpers, each with an async
-        # twin for apublish(); empty by default. Publish listeners run at publish time,
-        # in the publisher's transaction; commit listeners after the commit, before dispatch.
-        self.publish_listeners: list[PublishListener] = []
-        self.apublish_listeners: list[AsyncPublishListener] = []
-        self.commit_listeners: list[CommitListener] = []
-        self.acommit_listeners: list[AsyncCommitListener] = []
-        self.failure_listeners: list[FailureListener] = []
+        self.declaration_errors: list[DeclarationError] = []
 
-    # -- subscriptions -------------------------------------------------------
+    # -- handlers ------------------------------------------------------------
 
-    def subscribe(self, event_type: object, handler: Handler) -> None:
+    def subscribe(self, event_type: object, handler: HandlerFunc) -> None:
         """Subscribe ``handler`` to ``event_type``; subscribing it twice is a no-op.
 
         Raises :class:`UnknownEventTypeError` for a type not in the catalog and
@@ -84,23 +112,36 @@ class EventDispatcher:
         argument or whose annotation names another payload model.
         """
         entry = self.catalog.resolve(event_type)
-        current = self._subscriptions.get(entry.name, ())
-        if any(sub.func == handler for sub in current):
+        current = self._handlers.get(entry.name, ())
+        if any(known.func == handler for known in current):
             return
-        self._subscriptions[entry.name] = (*current, _inspect_handler(handler, entry))
+        self._handlers[entry.name] = (*current, inspect_handler(handler, entry))
 
-    def unsubscribe(self, event_type: object, handler: Handler) -> bool:
+    def unsubscribe(self, event_type: object, handler: HandlerFunc) -> bool:
         """Remove ``handler``; return whether it was subscribed."""
         entry = self.catalog.resolve(event_type)
-        current = self._subscriptions.get(entry.name, ())
-        kept = tuple(sub for sub in current if sub.func != handler)
-        self._subscriptions[entry.name] = kept
+        current = self._handlers.get(entry.name, ())
+        kept = tuple(known for known in current if known.func != handler)
+        self._handlers[entry.name] = kept
         return len(kept) != len(current)
 
-    def subscriptions(self, event_type: object) -> tuple[Subscription, ...]:
-        return self._subscriptions.get(self.catalog.resolve(event_type).name, ())
+    def handlers(self, event_type: object) -> tuple[Handler, ...]:
+        """The handlers subscribed to ``event_type``, in the order they run."""
+        return self._handlers.get(self.catalog.resolve(event_type).name, ())
 
-    def declare(self, event_type: object, handler: Handler) -> None:
+    def has_handlers(self, event_type: object) -> bool:
+        return bool(self.handlers(event_type))
+
+    def subscriptions(self, event_type: object) -> tuple[Handler, ...]:
+        """Deprecated alias of :meth:`handlers`."""
+        warnings.warn(
+            "EventDispatcher.subscriptions() is deprecated; use handlers().",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        return self.handlers(event_type)
+
+    def declare(self, event_type: object, handler: HandlerFunc) -> None:
         """Subscribe a handler declared with ``@event_handler``.
 
         Before start-up the declaration waits; during start-up a miswired handler
@@ -113,8 +154,13 @@ class EventDispatcher:
         else:
             self.subscribe(event_type, handler)
 
-    def start(self, handler_modules: tuple[str, ...]) -> None:
-        """Subscribe declared handlers and autodiscover handler modules (from ``ready()``)."""
+    def start(self, handler_modules: tuple[str, ...], stages: Stages | None = None) -> None:
+        """Set the stages, subscribe declared handlers and autodiscover handler modules.
+
+        Called once, from ``AppConfig.ready()``.
+        """
+        if stages is not None:
+            self.stages = stages
         self._started = True
         self._collecting = True
         try:
@@ -126,26 +172,30 @@ class EventDispatcher:
         finally:
             self._collecting = False
 
-    def _subscribe_or_record(self, event_type: object, handler: Handler) -> None:
+    def _subscribe_or_record(self, event_type: object, handler: HandlerFunc) -> None:
         try:
             self.subscribe(event_type, handler)
-        except UnknownEventTypeError as exc:
-            self.problems.append(
-                ConfigProblem(
-                    "eventbus.E005",
-                    f"Handler {_dotted_name(handler)} is declared for {exc.event_type!r}: {exc}",
-                    "Fix the event type, or add it to a catalog in EVENTBUS['CATALOGS'].",
-                )
-            )
-        except InvalidHandlerError as exc:
-            self.problems.append(
-                ConfigProblem(
-                    "eventbus.E006",
-                    str(exc),
-                    "Annotate the handler's argument as Event[PayloadModel] with the "
-                    "catalog's payload model, or leave it unannotated.",
-                )
-            )
+        except (UnknownEventTypeError, InvalidHandlerError) as exc:
+            self.declaration_errors.append(DeclarationError(handler, event_type, exc))
+
+    # -- observers -----------------------------------------------------------
+
+    def connect_observer(self, observer: Observer) -> None:
+        """Call ``observer(event)`` for every event published from now on.
+
+        Observers run at publish time, once the event is stored and before any commit, in
+        the publisher's thread, sync and async publishers alike (``capture_events``
+        is one). They must be quick and must not raise.
+        """
+        if observer not in self._observers:
+            self._observers = (*self._observers, observer)
+
+    def disconnect_observer(self, observer: Observer) -> bool:
+        """Stop calling ``observer``; return whether it was connected."""
+        kept = tuple(known for known in self._observers if known != observer)
+        found = len(kept) != len(self._observers)
+        self._observers = kept
+        return found
 
     # -- publishing ----------------------------------------------------------
 
@@ -153,85 +203,45 @@ class EventDispatcher:
         self,
         event_type: object,
         payload: BaseModel | Mapping[str, Any],
-        *,
-        project_id: UUID | str | None = None,
-        actor_id: UUID | str | None = None,
-        actor_type: ActorType | str = ActorType.SYSTEM,
-        correlation_id: UUID | str | None = None,
-        causation_id: UUID | str | None = None,
+        **envelope: Unpack[EnvelopeFields],
     ) -> Event[Any]:
         """Validate and wrap a payload in an :class:`Event`, without publishing it."""
         entry = self.catalog.resolve(event_type)
-        validated = _validate_payload(entry, payload)
-        try:
-            actor = _ACTOR_TYPES.get(actor_type)
-        except TypeError:  # unhashable
-            actor = None
-        if actor is None:
-            raise EventSchemaError(
-                entry.name, [("actor_type", f"must be one of {', '.join(ActorType)}")]
-            )
-        parent = _current_event.get()
-        event_id = uuid7()
-        correlation = _as_uuid(entry.name, "correlation_id", correlation_id)
-        causation = _as_uuid(entry.name, "causation_id", causation_id)
-        # Every field is validated above, so skip Pydantic's second pass.
-        return Event._trusted(
-            {
-                "id": event_id,
-                "type": entry.member,
-                "timestamp": datetime.now(UTC),
-                "project_id": _as_uuid(entry.name, "project_id", project_id),
-                "actor_id": _as_uuid(entry.name, "actor_id", actor_id),
-                "actor_type": actor,
-                "payload": validated,
-                "correlation_id": correlation or (parent.correlation_id if parent else event_id),
-                "causation_id": causation or (parent.id if parent else None),
-            }
-        )
+        return new_event(entry, validate_payload(entry, payload), envelope)
 
     def publish(
         self,
         event_type: object,
         payload: BaseModel | Mapping[str, Any],
         *,
-        project_id: UUID | str | None = None,
-        actor_id: UUID | str | None = None,
-        actor_type: ActorType | str = ActorType.SYSTEM,
-        correlation_id: UUID | str | None = None,
-        causation_id: UUID | str | None = None,
         immediate: bool = False,
         using: str | None = None,
+        **envelope: Unpack[EnvelopeFields],
     ) -> Event[Any]:
-        """Validate, record and dispatch one event; return it.
+        """Validate, store and dispatch one event; return it.
 
-        Inside ``transaction.atomic()`` (on database ``using``) handlers run after
-        the outermost commit, and never on rollback; ``immediate=True`` runs them
-        now. An invalid payload raises :class:`EventSchemaError` and nothing is
-        recorded or dispatched. Async handlers are awaited to completion before
-        this returns. From async code, use :meth:`apublish`: this raises
+        Inside ``transaction.atomic()`` (on database ``using``) the hand-off and the
+        handlers wait for the outermost commit, and never run on rollback;
+        ``immediate=True`` runs them now. An invalid payload raises
+        :class:`EventSchemaError` (:class:`PayloadTooLargeError` past the size limit)
+        and nothing is stored or dispatched. Async handlers are awaited to completion
+        before this returns. From async code, use :meth:`apublish`: this raises
         ``SynchronousOnlyOperation`` inside a running event loop.
         """
-        if _in_event_loop():
+        if in_event_loop():
             raise SynchronousOnlyOperation(
                 "publish() was called from async code, where it would block the event loop "
                 "on the database: use 'await apublish(...)'."
             )
-        event = self.build(
-            event_type,
-            payload,
-            project_id=project_id,
-            actor_id=actor_id,
-            actor_type=actor_type,
-            correlation_id=correlation_id,
-            causation_id=causation_id,
-        )
-        for listener in self.publish_listeners:
-            listener(event, using)
+        event, entry, payload_bytes = self._validate(event_type, payload, envelope)
+        if self.stages.store is not None:
+            self.stages.store.store(event, entry, payload_bytes, using)
+        for observer in self._observers:
+            observer(event)
         if not immediate and transaction.get_connection(using).in_atomic_block:
-            transaction.on_commit(lambda: self._committed(event), using=using, robust=True)
+            transaction.on_commit(lambda: self._committed(event, entry), using=using, robust=True)
         else:
-            self._committed(event)
+            self._committed(event, entry)
         return event
 
     async def apublish(
@@ -239,57 +249,51 @@ class EventDispatcher:
         event_type: object,
         payload: BaseModel | Mapping[str, Any],
         *,
-        project_id: UUID | str | None = None,
-        actor_id: UUID | str | None = None,
-        actor_type: ActorType | str = ActorType.SYSTEM,
-        correlation_id: UUID | str | None = None,
-        causation_id: UUID | str | None = None,
         using: str | None = None,
+        **envelope: Unpack[EnvelopeFields],
     ) -> Event[Any]:
         """Async twin of :meth:`publish`.
 
         Async handlers start as tasks and the caller does not wait for them
         (see :meth:`drain`); sync handlers run in a worker thread and are awaited.
-        Async code has no open transaction, so dispatch is immediate.
+        Async code has no open transaction, so the event counts as committed once stored.
         """
-        event = self.build(
-            event_type,
-            payload,
-            project_id=project_id,
-            actor_id=actor_id,
-            actor_type=actor_type,
-            correlation_id=correlation_id,
-            causation_id=causation_id,
-        )
-        for listener in self.apublish_listeners:
-            await listener(event, using)
-        for commit_listener in self.acommit_listeners:
-            await commit_listener(event)
+        event, entry, payload_bytes = self._validate(event_type, payload, envelope)
+        if self.stages.store is not None:
+            await self.stages.store.astore(event, entry, payload_bytes, using)
+        for observer in self._observers:
+            observer(event)
+        if self.stages.hand_off is not None:
+            await self.stages.hand_off.ahand_off(event, entry)
         await self.adispatch(event)
         return event
 
-    def _committed(self, event: Event[Any]) -> None:
+    def _validate(
+        self, event_type: object, payload: object, envelope: EnvelopeFields
+    ) -> tuple[Event[Any], CatalogEntry, bytes]:
+        """The validate stage: the event, its catalog entry and its payload's JSON."""
+        entry = self.catalog.resolve(event_type)
+        event = new_event(entry, validate_payload(entry, payload), envelope)
+        return event, entry, payload_json(event)
+
+    def _committed(self, event: Event[Any], entry: CatalogEntry) -> None:
         # Hand off before the handlers run, so the events they publish follow this one
         # out of the process too: live order and sequence numbers keep cause before effect.
-        for listener in self.commit_listeners:
-            listener(event)
+        if self.stages.hand_off is not None:
+            self.stages.hand_off.hand_off(event, entry)
         self.dispatch(event)
 
     # -- dispatch ------------------------------------------------------------
 
     def dispatch(self, event: Event[Any]) -> None:
-        """Run the handlers of ``event`` now, from sync code."""
+        """Run the handlers of ``event`` now, from sync code, then send the signal."""
         token = _current_event.set(event)
         try:
-            subscriptions = self._subscriptions.get(event.type.value, ())
-            for sub in subscriptions:
-                if sub.is_async:
-                    self._dispatch_async_from_sync(sub, event)
-                    continue
-                try:
-                    sub.func(event.payload if sub.wants_payload else event)
-                except Exception as exc:
-                    self._handler_failed(sub.name, event, exc)
+            for handler in self._handlers.get(event.type.value, ()):
+                if handler.is_async:
+                    self._run_async_from_sync(handler, event)
+                else:
+                    self._run(handler, event)
             if event_published.receivers:
                 self._send_signal(event)
         finally:
@@ -299,54 +303,52 @@ class EventDispatcher:
         """Run the handlers of ``event`` now, from async code (see :meth:`apublish`)."""
         token = _current_event.set(event)
         try:
-            sync_subs = []
-            for sub in self._subscriptions.get(event.type.value, ()):
-                if sub.is_async:
-                    self._spawn(sub, event)
+            sync_handlers = []
+            for handler in self._handlers.get(event.type.value, ()):
+                if handler.is_async:
+                    self._spawn(handler, event)
                 else:
-                    sync_subs.append(sub)
-            if sync_subs or event_published.receivers:
-                await sync_to_async(self._run_sync, thread_sensitive=True)(event, sync_subs)
+                    sync_handlers.append(handler)
+            if sync_handlers or event_published.receivers:
+                await sync_to_async(self._run_sync, thread_sensitive=True)(event, sync_handlers)
         finally:
             _current_event.reset(token)
 
-    def _run_sync(self, event: Event[Any], subscriptions: list[Subscription]) -> None:
-        for sub in subscriptions:
-            try:
-                sub.func(event.payload if sub.wants_payload else event)
-            except Exception as exc:
-                self._handler_failed(sub.name, event, exc)
+    def _run_sync(self, event: Event[Any], handlers: list[Handler]) -> None:
+        for handler in handlers:
+            self._run(handler, event)
         if event_published.receivers:
             self._send_signal(event)
+
+    def _run(self, handler: Handler, event: Event[Any]) -> None:
+        try:
+            handler.func(handler.argument(event))
+        except Exception as exc:
+            self._handler_failed(handler.name, event, exc)
 
     def _send_signal(self, event: Event[Any]) -> None:
         for receiver, result in event_published.send_robust(sender=event.type, event=event):
             if isinstance(result, Exception):
-                self._handler_failed(_dotted_name(receiver), event, result)
+                self._handler_failed(dotted_name(receiver), event, result)
 
-    def _dispatch_async_from_sync(self, sub: Subscription, event: Event[Any]) -> None:
-        if _in_event_loop():  # dispatch() called directly from async code
-            self._spawn(sub, event)
+    def _run_async_from_sync(self, handler: Handler, event: Event[Any]) -> None:
+        if in_event_loop():  # dispatch() called directly from async code
+            self._spawn(handler, event)
             return
         try:
-            async_to_sync(sub.func)(event.payload if sub.wants_payload else event)
+            async_to_sync(handler.func)(handler.argument(event))
         except Exception as exc:
-            self._handler_failed(sub.name, event, exc)
+            self._handler_failed(handler.name, event, exc)
 
-    def _spawn(self, sub: Subscription, event: Event[Any]) -> None:
+    def _spawn(self, handler: Handler, event: Event[Any]) -> None:
         # The task copies the current context, so events it publishes are caused by ``event``.
-        # Where asyncio can (3.12+), the handler starts eagerly: a handler that finishes
-        # without waiting on anything never costs a trip through the event loop.
-        task = start_task(self._run_async(sub, event))
-        if not task.done():
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+        self._tasks.start(self._run_async(handler, event))
 
-    async def _run_async(self, sub: Subscription, event: Event[Any]) -> None:
+    async def _run_async(self, handler: Handler, event: Event[Any]) -> None:
         try:
-            await sub.func(event.payload if sub.wants_payload else event)
+            await handler.func(handler.argument(event))
         except Exception as exc:
-            self._handler_failed(sub.name, event, exc)
+            self._handler_failed(handler.name, event, exc)
 
     def _handler_failed(self, handler: str, event: Event[Any], exc: BaseException) -> None:
         logger.error(
@@ -358,15 +360,16 @@ class EventDispatcher:
             exc_info=exc,
             extra={"event_id": str(event.id), "event_type": event.type.value, "handler": handler},
         )
-        for listener in self.failure_listeners:
+        record = self.stages.record_failure
+        if record is not None:
             try:
-                listener(event, handler, exc)
+                record(event, handler, exc)
             except Exception:
                 logger.exception("Could not record the failure of handler %s", handler)
 
     @property
     def pending_tasks(self) -> int:
-        return sum(1 for task in self._tasks if not task.done())
+        return len(self._tasks)
 
     async def drain(self, timeout: float | None = None) -> None:
         """Wait until the async handler tasks of this event loop have finished.
@@ -385,123 +388,14 @@ class EventDispatcher:
 
     @contextmanager
     def isolated(self) -> Iterator[EventDispatcher]:
-        """Swap out every subscription for the duration of the block (for tests)."""
-        saved = self._subscriptions
-        self._subscriptions = {}
+        """Swap out every handler for the duration of the block (for tests)."""
+        saved = self._handlers
+        self._handlers = {}
         try:
             yield self
         finally:
-            self._subscriptions = saved
+            self._handlers = saved
 
-
-def _in_event_loop() -> bool:
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        return False
-    return True
-
-
-def _validate_payload(entry: CatalogEntry, payload: object) -> BaseModel:
-    model = entry.payload_model
-    if isinstance(payload, model):
-        return payload
-    if isinstance(payload, BaseModel):
-        raise EventSchemaError(
-            entry.name,
-            [("payload", f"expected {model.__name__}, got {type(payload).__name__}")],
-        )
-    if not isinstance(payload, Mapping):
-        raise EventSchemaError(
-            entry.name,
-            [("payload", f"expected {model.__name__} or a dict, got {type(payload).__name__}")],
-        )
-    try:
-        return model.model_validate(payload)
-    except ValidationError as exc:
-        raise EventSchemaError.from_validation_error(entry.name, exc) from exc
-
-
-def _as_uuid(event_type: str, field: str, value: UUID | str | None) -> UUID | None:
-    if value is None or isinstance(value, UUID):
-        return value
-    try:
-        return UUID(str(value))
-    except ValueError:
-        raise EventSchemaError(event_type, [(field, f"{value!r} is not a valid UUID")]) from None
-
-
-def _dotted_name(obj: object) -> str:
-    qualname = getattr(obj, "__qualname__", None) or type(obj).__qualname__
-    return f"{getattr(obj, '__module__', None) or type(obj).__module__}.{qualname}"
-
-
-def _inspect_handler(handler: Handler, entry: CatalogEntry) -> Subscription:
-    name = _dotted_name(handler)
-    if not callable(handler):
-        raise InvalidHandlerError(f"Handler {handler!r} for {entry.name!r} is not callable.")
-    try:
-        signature: inspect.Signature | None = inspect.signature(handler)
-    except (TypeError, ValueError):
-        signature = None  # some builtins hide their signature; trust them
-    if signature is not None:
-        try:
-            signature.bind(object())
-        except TypeError:
-            raise InvalidHandlerError(
-                f"Handler {name} for {entry.name!r} must accept exactly one positional "
-                f"argument (the event), but its signature is {signature}."
-            ) from None
-    is_async = iscoroutinefunction(handler) or (
-        not inspect.isroutine(handler) and iscoroutinefunction(type(handler).__call__)
-    )
-    annotation = _first_annotation(handler, signature, name, entry)
-    expected = entry.payload_model
-    if annotation is None or annotation is Any or annotation is object:
-        return Subscription(handler, name, is_async, wants_payload=False)
-    if isinstance(annotation, type) and issubclass(annotation, Event):
-        args = annotation.__pydantic_generic_metadata__["args"]
-        found = args[0] if args else Any
-        wants_payload = False
-    elif isinstance(annotation, type) and issubclass(annotation, BaseModel):
-        found, wants_payload = annotation, True
-    else:
-        raise InvalidHandlerError(
-            f"Handler {name} for {entry.name!r} annotates its argument as {annotation!r}; "
-            f"expected Event[{expected.__name__}] or {expected.__name__}."
-        )
-    if found is not Any and not (isinstance(found, type) and issubclass(expected, found)):
-        found_name = getattr(found, "__qualname__", repr(found))
-        raise InvalidHandlerError(
-            f"Handler {name} is subscribed to {entry.name!r}, whose payload model is "
-            f"{expected.__module__}.{expected.__qualname__}, but its annotation names "
-            f"{getattr(found, '__module__', '?')}.{found_name}."
-        )
-    return Subscription(handler, name, is_async, wants_payload)
-
-
-def _first_annotation(
-    handler: Handler, signature: inspect.Signature | None, name: str, entry: CatalogEntry
-) -> Any:
-    if signature is None or not signature.parameters:
-        return None
-    parameter = next(iter(signature.parameters.values()))
-    if parameter.annotation is inspect.Parameter.empty:
-        return None
-    target = handler if inspect.isroutine(handler) else type(handler).__call__
-    try:
-        hints = typing.get_type_hints(target)
-    except Exception as exc:
-        raise InvalidHandlerError(
-            f"Handler {name} for {entry.name!r} has an annotation that cannot be resolved: {exc}"
-        ) from exc
-    return hints.get(parameter.name)
-
-
-_ACTOR_TYPES: dict[object, ActorType] = {
-    **{member: member for member in ActorType},
-    **{member.value: member for member in ActorType},
-}
 
 _dispatcher = EventDispatcher()
 
@@ -511,7 +405,7 @@ def get_event_dispatcher() -> EventDispatcher:
     return _dispatcher
 
 
-def event_handler(*event_types: object) -> Callable[[Handler], Handler]:
+def event_handler(*event_types: object) -> Callable[[HandlerFunc], HandlerFunc]:
     """Subscribe the decorated function to each of ``event_types``.
 
     Put handlers in a ``handlers.py`` module of an installed app (see
@@ -521,7 +415,7 @@ def event_handler(*event_types: object) -> Callable[[Handler], Handler]:
     if not event_types:
         raise TypeError("event_handler() needs at least one event type")
 
-    def decorator(func: Handler) -> Handler:
+    def decorator(func: HandlerFunc) -> HandlerFunc:
         for event_type in event_types:
             _dispatcher.declare(event_type, func)
         return func

@@ -3,22 +3,31 @@
 Ids are UUIDv7 (time-ordered, unique across processes). An event created while
 a handler handles another event inherits that event's correlation id and takes
 its id as causation id, so chains are traceable without passing ids around.
+Both ways of making an event (``Event(...)`` and ``publish()``) take their
+defaults from :func:`_fill_defaults`, the one place that rule lives.
 """
 
 from __future__ import annotations
 
 import enum
-import random
-import threading
-import time
+from collections.abc import Mapping
 from contextvars import ContextVar
 from datetime import UTC, datetime
-from typing import Any, Generic, TypeVar
-from uuid import UUID, SafeUUID
+from typing import Any, Generic, TypedDict, TypeVar
+from uuid import UUID
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, field_serializer, model_validator
+from pydantic import (
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    ValidationError,
+    field_serializer,
+    model_validator,
+)
 
-from .catalog import catalog
+from .catalog import CatalogEntry, catalog
+from .exceptions import EventSchemaError
+from .ids import parse_uuid, uuid7
 
 PayloadT = TypeVar("PayloadT", bound=BaseModel)
 
@@ -36,46 +45,14 @@ class ActorType(enum.StrEnum):
     SYSTEM = "system"
 
 
-_uuid7_lock = threading.Lock()
-_uuid7_last_ms = 0
-_uuid7_counter = 0
+class EnvelopeFields(TypedDict, total=False):
+    """The envelope fields a publisher may set; every other field is filled in."""
 
-
-def uuid7() -> UUID:
-    """A UUIDv7 (RFC 9562) that is strictly increasing within this process.
-
-    42 bits after the millisecond timestamp are a counter seeded at random each
-    millisecond (method 1 of RFC 9562, section 6.2); the last 32 bits are random.
-    Ids need uniqueness, not secrecy, so the fast ``random`` generator (reseeded
-    from the OS at start and after ``fork()``) is enough.
-    """
-    global _uuid7_last_ms, _uuid7_counter
-    random_bits = _random_bits(64)
-    with _uuid7_lock:
-        now_ms = time.time_ns() // 1_000_000
-        if now_ms > _uuid7_last_ms:
-            _uuid7_last_ms = now_ms
-            _uuid7_counter = random_bits >> 23  # 41 bits: room to count up
-        else:
-            _uuid7_counter += 1
-            if _uuid7_counter >> 42:  # counter exhausted: borrow the next millisecond
-                _uuid7_last_ms += 1
-                _uuid7_counter = random_bits >> 23
-        ms, counter = _uuid7_last_ms, _uuid7_counter
-    value = (ms & 0xFFFF_FFFF_FFFF) << 80
-    value |= 0x7 << 76  # version
-    value |= (counter >> 30) << 64  # rand_a: the counter's top 12 bits
-    value |= 0b10 << 62  # variant
-    value |= (counter & 0x3FFF_FFFF) << 32
-    value |= random_bits & 0xFFFF_FFFF
-    # UUID(int=...) re-checks a value built right above; set the slots directly.
-    uuid = object.__new__(UUID)
-    object.__setattr__(uuid, "int", value)
-    object.__setattr__(uuid, "is_safe", SafeUUID.unknown)
-    return uuid
-
-
-_random_bits = random.getrandbits
+    project_id: UUID | str | None
+    actor_id: UUID | str | None
+    actor_type: ActorType | str
+    correlation_id: UUID | str | None
+    causation_id: UUID | str | None
 
 
 class Event(BaseModel, Generic[PayloadT]):
@@ -121,15 +98,7 @@ class Event(BaseModel, Generic[PayloadT]):
             )
         if not isinstance(payload, BaseModel):
             data["payload"] = model.model_validate(payload)
-        data.setdefault("id", uuid7())
-        if data.get("timestamp") is None:
-            data["timestamp"] = datetime.now(UTC)
-        parent = _current_event.get()
-        if data.get("correlation_id") is None:
-            data["correlation_id"] = parent.correlation_id if parent else data["id"]
-        if data.get("causation_id") is None and parent is not None:
-            data["causation_id"] = parent.id
-        return data
+        return _fill_defaults(data)
 
     @model_validator(mode="after")
     def _timestamp_in_utc(self) -> Event[PayloadT]:
@@ -139,7 +108,7 @@ class Event(BaseModel, Generic[PayloadT]):
 
     @classmethod
     def _trusted(cls, fields: dict[str, Any]) -> Event[Any]:
-        """Build from fields the dispatcher has validated already: no second pass.
+        """Build from fields validated already (by :func:`new_event` or a log row).
 
         The same as ``model_construct`` with every field given, at a fifth of the cost.
         """
@@ -156,3 +125,95 @@ class Event(BaseModel, Generic[PayloadT]):
 
 
 _ALL_FIELDS = frozenset(Event.model_fields)
+
+
+def _fill_defaults(fields: dict[str, Any]) -> dict[str, Any]:
+    """A new id, now, and the chain of the event being handled, where not given."""
+    if fields.get("id") is None:
+        fields["id"] = uuid7()
+    if fields.get("timestamp") is None:
+        fields["timestamp"] = datetime.now(UTC)
+    parent = _current_event.get()
+    if fields.get("correlation_id") is None:
+        fields["correlation_id"] = parent.correlation_id if parent else fields["id"]
+    if fields.get("causation_id") is None and parent is not None:
+        fields["causation_id"] = parent.id
+    return fields
+
+
+def validate_payload(entry: CatalogEntry, payload: object) -> BaseModel:
+    """``payload`` (the model or a mapping) as ``entry``'s model, or EventSchemaError."""
+    model = entry.payload_model
+    if isinstance(payload, model):
+        return payload
+    if isinstance(payload, BaseModel):
+        raise EventSchemaError(
+            entry.name,
+            [("payload", f"expected {model.__name__}, got {type(payload).__name__}")],
+        )
+    if not isinstance(payload, Mapping):
+        raise EventSchemaError(
+            entry.name,
+            [("payload", f"expected {model.__name__} or a dict, got {type(payload).__name__}")],
+        )
+    try:
+        return model.model_validate(payload)
+    except ValidationError as exc:
+        raise EventSchemaError.from_validation_error(entry.name, exc) from exc
+
+
+def new_event(entry: CatalogEntry, payload: BaseModel, fields: EnvelopeFields) -> Event[Any]:
+    """A new event of ``entry`` around a validated payload (what ``publish()`` builds).
+
+    Raises :class:`EventSchemaError` naming each envelope field that is not valid.
+    """
+    errors: list[tuple[str, str]] = []
+
+    def uuid_field(name: str) -> UUID | None:
+        value = fields.get(name)
+        if value is None:
+            return None
+        try:
+            return parse_uuid(value)
+        except ValueError as exc:
+            errors.append((name, str(exc)))
+            return None
+
+    project_id = uuid_field("project_id")
+    actor_id = uuid_field("actor_id")
+    correlation_id = uuid_field("correlation_id")
+    causation_id = uuid_field("causation_id")
+    actor_type = _actor_type(fields.get("actor_type", ActorType.SYSTEM))
+    if actor_type is None:
+        errors.append(("actor_type", f"must be one of {', '.join(ActorType)}"))
+    if errors:
+        raise EventSchemaError(entry.name, errors)
+    # Every field is valid by now, so skip Pydantic's second pass.
+    return Event._trusted(
+        _fill_defaults(
+            {
+                "id": None,
+                "type": entry.member,
+                "timestamp": None,
+                "project_id": project_id,
+                "actor_id": actor_id,
+                "actor_type": actor_type,
+                "payload": payload,
+                "correlation_id": correlation_id,
+                "causation_id": causation_id,
+            }
+        )
+    )
+
+
+_ACTOR_TYPES: dict[object, ActorType] = {
+    **{member: member for member in ActorType},
+    **{member.value: member for member in ActorType},
+}
+
+
+def _actor_type(value: object) -> ActorType | None:
+    try:
+        return _ACTOR_TYPES.get(value)
+    except TypeError:  # unhashable
+        return None

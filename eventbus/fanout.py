@@ -5,7 +5,7 @@ channel layer (channels-redis starts tasks per receiver and message), and that, 
 WebSocket sends, limited how many sockets one process could serve. Here each process
 joins every group that at least one of its sockets wants, once, through a single layer
 channel; a reader task hands each message to the local members of its group, which
-queue it in their :class:`Outbox`. See docs/performance.md for the numbers.
+queue it in their send queue (``eventbus.sendqueue``). See docs/performance.md for the numbers.
 
 The channel layer still carries every event between processes, so several server
 processes (and the relay) keep working as before.
@@ -14,26 +14,22 @@ processes (and the relay) keep working as before.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import contextvars
 import logging
 import weakref
-from collections import deque
-from collections.abc import Callable, Coroutine
 from typing import Any, Protocol
 
 from channels.layers import BaseChannelLayer
 
-from .bus import RETRY_FIRST, RETRY_MAX, is_connection_error
 from .layers import FANOUT_CHANNEL_PREFIX
+from .reconnect import RETRY_FIRST, is_connection_error, next_delay
 
 logger = logging.getLogger("eventbus.fanout")
 
 
 class Member(Protocol):
-    """What the fan-out delivers to: one per socket (the WebSocket consumer)."""
+    """What the fan-out hands messages to: one per socket (the WebSocket consumer)."""
 
-    def deliver(self, message: dict[str, Any]) -> None:
+    def on_message(self, message: dict[str, Any]) -> None:
         """Take one message of a joined group; must not block or raise."""
 
 
@@ -64,7 +60,7 @@ class LocalFanout:
         return set(self._joined)
 
     async def join(self, group: str, member: Member) -> None:
-        """Deliver ``group``'s messages to ``member`` from now on."""
+        """Hand ``group``'s messages to ``member`` from now on."""
         members = self._members.get(group)
         if members is not None and group in self._joined:
             members[member] = None
@@ -83,7 +79,7 @@ class LocalFanout:
                 raise
 
     async def leave(self, group: str, member: Member) -> None:
-        """Stop delivering to ``member``; leave the group when it was the last."""
+        """Stop handing messages to ``member``; leave the group when it was the last."""
         if self._discard(group, member):
             async with self._lock:
                 await self._leave_group_if_unused(group)
@@ -145,22 +141,22 @@ class LocalFanout:
                 else:
                     logger.exception("The fan-out could not read from the channel layer")
                 await asyncio.sleep(delay)
-                delay = min(delay * 2, RETRY_MAX)
+                delay = next_delay(delay)
                 await self._rejoin()
                 continue
             delay = RETRY_FIRST
-            self.deliver(message)
+            self.distribute(message)
 
-    def deliver(self, message: dict[str, Any]) -> None:
+    def distribute(self, message: dict[str, Any]) -> None:
         """Hand ``message`` to every local member of its group (``message['channel']``)."""
         members = self._members.get(message.get("channel", ""))
         if not members:
             return
         for member in list(members):
             try:
-                member.deliver(message)
+                member.on_message(message)
             except Exception:
-                logger.exception("Delivering to %r failed", member)
+                logger.exception("Handing a message to %r failed", member)
 
     async def _refresh(self) -> None:
         while True:
@@ -195,191 +191,3 @@ def get_fanout(layer: BaseChannelLayer) -> LocalFanout:
     if fanout is None or fanout.layer is not layer:
         fanout = per_loop[id(layer)] = LocalFanout(layer)
     return fanout
-
-
-class Outbox:
-    """One socket's frames in order, sent by at most one task at a time.
-
-    :meth:`offer` never waits, so that one slow socket cannot hold up the fan-out to
-    the others; a socket with ``limit`` frames queued (the one being sent included),
-    or whose send has not finished after ``timeout`` seconds, is given up:
-    ``on_failure(stalled=True)``. A send that raises (the socket went away) calls
-    ``on_failure(stalled=False)``. Either way nothing more is sent.
-
-    Most sends finish at once (the server's buffer has room), so there is no timer per
-    frame: one is armed only while a send waits on the client.
-    """
-
-    def __init__(
-        self,
-        send: Callable[[str], Coroutine[Any, Any, None]],
-        *,
-        limit: int,
-        timeout: float,
-        on_failure: Callable[[bool], None],
-    ) -> None:
-        self._send = send
-        self.limit = limit
-        self.timeout = timeout
-        self._on_failure = on_failure
-        self._frames: deque[str] = deque()
-        self._sender: asyncio.Task[None] | None = None
-        self._room: asyncio.Event | None = None
-        self._timer: asyncio.TimerHandle | None = None
-        self._sending_since = 0.0
-        # Sends run in the context of the code that made the outbox (the socket's
-        # consumer), not in that of whoever offers a frame (the fan-out's reader).
-        self._context = contextvars.copy_context()
-        self.failed = False
-
-    def __len__(self) -> int:
-        return len(self._frames)
-
-    def offer(self, frame: str) -> bool:
-        """Queue ``frame`` without waiting; False (and the socket given up) when full."""
-        if self.failed:
-            return False
-        if len(self._frames) >= self.limit:
-            self._fail(stalled=True)
-            return False
-        self._frames.append(frame)
-        if self._sender is None:
-            self._send_now()
-        return True
-
-    def _send_now(self) -> None:
-        """Send queued frames right here, until one has to wait: a task takes that over.
-
-        Most sends finish at once (the server's buffer has room), so most cost no task:
-        with a thousand sockets, a task per send was a tenth of the fan-out's time.
-        """
-        frames = self._frames
-        while frames and not self.failed:
-            sending = self._send(frames[0])
-            try:
-                waiting_on = self._context.run(sending.send, None)
-            except StopIteration:
-                if frames:  # unless the send closed the outbox
-                    frames.popleft()
-                continue
-            except (Exception, asyncio.CancelledError):
-                self._fail(stalled=False)
-                return
-            loop = asyncio.get_running_loop()
-            self._sending_since = loop.time()
-            self._sender = loop.create_task(
-                self._finish(sending, waiting_on), context=self._context
-            )
-            self._watch()
-            return
-
-    async def put(self, frame: str) -> None:
-        """Queue ``frame``, first waiting (up to ``timeout``) while the queue is full."""
-        while not self.failed and len(self._frames) >= self.limit:
-            if self._room is None:
-                self._room = asyncio.Event()
-            try:
-                async with asyncio.timeout(self.timeout):
-                    await self._room.wait()
-            except TimeoutError:
-                self._fail(stalled=True)
-        self.offer(frame)
-
-    async def drained(self, timeout: float | None = None) -> None:
-        """Wait until every queued frame went out, the socket was given up, or ``timeout``."""
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(timeout):
-                while (sender := self._sender) is not None and not sender.done():
-                    await asyncio.wait({sender})
-
-    def close(self) -> None:
-        """Send nothing more; drop what is queued."""
-        self.failed = True
-        self._frames.clear()
-        self._wake()
-        self._stop_watching()
-        sender = self._sender
-        if sender is not None and sender is not asyncio.current_task():
-            # A task cancelled before its first step never runs its `finally`.
-            self._sender = None
-            sender.cancel()
-
-    async def _finish(self, sending: Coroutine[Any, Any, None], waiting_on: Any) -> None:
-        frames = self._frames
-        clock = asyncio.get_running_loop().time
-        try:
-            await _resume(sending, waiting_on)
-            while frames:
-                frames.popleft()
-                if self._room is not None and len(frames) < self.limit:
-                    self._wake()
-                if not frames or self.failed:
-                    break
-                self._sending_since = clock()
-                await self._send(frames[0])
-        except asyncio.CancelledError:
-            if not self.failed:  # not close(): what the send waited on was cancelled
-                self._fail(stalled=False)
-        except Exception:
-            self._fail(stalled=False)
-        finally:
-            if self._sender is asyncio.current_task():
-                self._sender = None
-            self._stop_watching()
-
-    def _watch(self) -> None:
-        if self._timer is None:
-            self._timer = asyncio.get_running_loop().call_later(self.timeout, self._check)
-
-    def _stop_watching(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-
-    def _check(self) -> None:
-        self._timer = None
-        if self._sender is None or self.failed:
-            return
-        loop = asyncio.get_running_loop()
-        waited = loop.time() - self._sending_since
-        if waited >= self.timeout:
-            self._fail(stalled=True)
-        else:
-            self._timer = loop.call_later(self.timeout - waited, self._check)
-
-    def _wake(self) -> None:
-        room, self._room = self._room, None
-        if room is not None:
-            room.set()
-
-    def _fail(self, stalled: bool) -> None:
-        if self.failed:
-            return
-        self.close()
-        self._on_failure(stalled)
-
-
-async def _resume(coroutine: Coroutine[Any, Any, None], waiting_on: Any) -> None:
-    """Run ``coroutine``, started outside any task and now waiting on ``waiting_on``
-    (what it yielded: an asyncio future, or None), to its end, as a task would."""
-    try:
-        while True:
-            if waiting_on is None:  # a bare yield: give the loop one turn
-                await asyncio.sleep(0)
-            else:
-                waiting_on._asyncio_future_blocking = False
-                try:
-                    await asyncio.wait({waiting_on})
-                except asyncio.CancelledError:
-                    # As a task would: cancel what it waits on, and raise in it.
-                    waiting_on.cancel()
-                    try:
-                        coroutine.throw(asyncio.CancelledError())
-                    except (StopIteration, asyncio.CancelledError):
-                        pass
-                    else:  # it went on waiting: end it
-                        coroutine.close()
-                    raise
-            waiting_on = coroutine.send(None)
-    except StopIteration:
-        return

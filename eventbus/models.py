@@ -18,7 +18,7 @@ class DeliveryStatus(models.TextChoices):
 
 
 class EventRecord(models.Model):
-    """A published event and its delivery beyond the process (the outbox row).
+    """A published event and its delivery beyond the process: one row of the event log.
 
     ``sequence`` is assigned after commit, in hand-off order, so replays follow
     the order in which events became visible, not the order they were created.
@@ -71,7 +71,9 @@ class EventRecord(models.Model):
         return event_from_columns(*(getattr(self, name) for name in EVENT_COLUMNS))
 
 
-# The columns that make up an event, in event_from_columns' order.
+# The columns that make up an event, in event_from_columns' order; the one place the
+# row <-> event mapping lives (the log writes with event_to_columns, readers read with
+# event_from_columns).
 EVENT_COLUMNS = (
     "id",
     "type",
@@ -116,6 +118,21 @@ def event_from_columns(
             "causation_id": causation_id,
         }
     )
+
+
+def event_to_columns(event: Event[Any], payload: Any) -> dict[str, Any]:
+    """The row values of ``event`` by column, with ``payload`` stored as given."""
+    return {
+        "id": event.id,
+        "type": event.type.value,
+        "timestamp": event.timestamp,
+        "project_id": event.project_id,
+        "actor_id": event.actor_id,
+        "actor_type": event.actor_type.value,
+        "payload": payload,
+        "correlation_id": event.correlation_id,
+        "causation_id": event.causation_id,
+    }
 
 
 class HandlerFailure(models.Model):

@@ -17,7 +17,7 @@ import asyncio
 import logging
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -29,8 +29,10 @@ from django.db.models import F, Q
 from django.utils import timezone
 
 from . import conf
+from ._tasks import TaskSet, in_event_loop
+from .catalog import CatalogEntry
 from .envelope import Event
-from .log import assign_sequences, is_logged
+from .log import is_logged
 from .models import EVENT_COLUMNS, DeliveryStatus, EventRecord, event_from_columns
 from .sinks import Sink, load_sink
 
@@ -59,6 +61,8 @@ def backoff_seconds(attempts: int) -> float:
 
 
 class Relay:
+    """The hand-off stage of publishing, and the worker that retries what it could not send."""
+
     def __init__(self, sink: Sink | None = None, using: str | None = None) -> None:
         self._sink = sink
         self.using = using or router.db_for_write(EventRecord)
@@ -72,8 +76,8 @@ class Relay:
 
     # -- right after commit --------------------------------------------------
 
-    def hand_off(self, event: Event[Any]) -> None:
-        """Send one committed event now (commit listener); on failure the relay retries.
+    def hand_off(self, event: Event[Any], entry: CatalogEntry) -> None:
+        """Send one committed event now; on failure the relay worker retries it.
 
         From a thread running an event loop this schedules the hand-off as a task.
         """
@@ -81,23 +85,19 @@ class Relay:
         sink = self.sink
         if sink is None or not settings.HAND_OFF_ON_COMMIT:
             return
-        try:
-            loop = asyncio.get_running_loop()
-        except RuntimeError:
-            async_to_sync(self._ahand_off)(sink, event)
+        if in_event_loop():
+            _background.start(self._ahand_off(sink, event, entry), eager=False)
         else:
-            task = loop.create_task(self._ahand_off(sink, event))
-            _background.add(task)
-            task.add_done_callback(_background.discard)
+            async_to_sync(self._ahand_off)(sink, event, entry)
 
-    async def ahand_off(self, event: Event[Any]) -> None:
-        """Async twin of :meth:`hand_off` (commit listener of ``apublish``)."""
+    async def ahand_off(self, event: Event[Any], entry: CatalogEntry) -> None:
+        """Async twin of :meth:`hand_off`."""
         sink = self.sink
         if sink is not None and conf.get_settings().HAND_OFF_ON_COMMIT:
-            await self._ahand_off(sink, event)
+            await self._ahand_off(sink, event, entry)
 
-    async def _ahand_off(self, sink: Sink, event: Event[Any]) -> None:
-        logged = is_logged(event)
+    async def _ahand_off(self, sink: Sink, event: Event[Any], entry: CatalogEntry) -> None:
+        logged = is_logged(entry)
         if logged:
             await sync_to_async(self._claim_ids, thread_sensitive=True)([event.id])
         try:
@@ -291,7 +291,54 @@ class Relay:
         )
 
 
-_background: set[asyncio.Task[None]] = set()
+_background = TaskSet()
+
+
+def assign_sequences(ids: Iterable[UUID], using: str | None = None) -> None:
+    """Number rows that have no sequence yet, in timestamp order, after their commit.
+
+    PostgreSQL draws from a database sequence; SQLite numbers on from ``MAX``, which
+    its write lock serializes.
+    """
+    ids = list(ids)
+    if not ids:
+        return
+    alias = using or router.db_for_write(EventRecord)
+    connection = connections[alias]
+    table = EventRecord._meta.db_table
+    with transaction.atomic(using=alias), connection.cursor() as cursor:
+        if connection.vendor == "postgresql":
+            cursor.execute(
+                f"""
+                UPDATE {table} AS t SET sequence = s.seq
+                FROM (
+                    SELECT id, nextval('eventbus_event_sequence') AS seq FROM (
+                        SELECT id FROM {table}
+                        WHERE id = ANY(%s) AND sequence IS NULL
+                        ORDER BY timestamp, id
+                    ) AS ordered
+                ) AS s
+                WHERE t.id = s.id
+                """,
+                [ids],
+            )
+            return
+        # SQLite (3.33+ for UPDATE ... FROM): one statement, serialized by the write lock.
+        id_param = EventRecord._meta.pk.get_db_prep_value
+        placeholders = ", ".join(["%s"] * len(ids))
+        cursor.execute(
+            f"""
+            UPDATE {table} SET sequence = numbered.seq
+            FROM (
+                SELECT id, ROW_NUMBER() OVER (ORDER BY timestamp, id)
+                    + (SELECT COALESCE(MAX(sequence), 0) FROM {table}) AS seq
+                FROM {table}
+                WHERE id IN ({placeholders}) AND sequence IS NULL
+            ) AS numbered
+            WHERE {table}.id = numbered.id
+            """,
+            [id_param(event_id, connection) for event_id in ids],
+        )
 
 
 def redeliver(ids: Sequence[UUID], using: str | None = None) -> int:

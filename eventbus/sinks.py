@@ -22,7 +22,7 @@ class Sink(Protocol):
 
 
 class InMemorySink:
-    """Keeps what it is sent in ``events``: the default, and a fake for tests."""
+    """Keeps what it is sent in ``events``: a fake for tests (the default is ChannelLayerSink)."""
 
     def __init__(self) -> None:
         self.events: list[Event[Any]] = []

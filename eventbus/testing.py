@@ -31,20 +31,15 @@ class CapturedEvents(list[Event[Any]]):
 
 @contextmanager
 def capture_events(dispatcher: EventDispatcher | None = None) -> Iterator[CapturedEvents]:
-    """Collect every event published inside the block (nested blocks each get theirs)."""
+    """Collect every event published inside the block (nested blocks each get theirs).
+
+    It observes the dispatcher (:meth:`EventDispatcher.connect_observer`), so events
+    are captured once stored, from ``publish()`` and ``apublish()`` alike.
+    """
     dispatcher = dispatcher or get_event_dispatcher()
     captured = CapturedEvents()
-
-    def listener(event: Event[Any], using: str | None) -> None:
-        captured.append(event)
-
-    async def alistener(event: Event[Any], using: str | None) -> None:
-        captured.append(event)
-
-    dispatcher.publish_listeners.append(listener)
-    dispatcher.apublish_listeners.append(alistener)
+    dispatcher.connect_observer(captured.append)
     try:
         yield captured
     finally:
-        dispatcher.publish_listeners.remove(listener)
-        dispatcher.apublish_listeners.remove(alistener)
+        dispatcher.disconnect_observer(captured.append)

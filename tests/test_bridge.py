@@ -140,10 +140,12 @@ def test_rule_problems_are_reported():
         unknown = OnCreate("order.unheard_of")
         unbuildable = OnChange("title", ShopEvent.NOTE_ADDED)
 
+    from eventbus.checks import model_events_messages
+
     try:
-        problems = Broken.check_rules()
+        problems = model_events_messages(Broken)
     finally:
         Broken.disconnect()
-    assert [p.check_id for p in problems] == ["eventbus.E007", "eventbus.E008"]
-    assert "author_email, note_id, text" in problems[1].message
-    assert OrderEvents.check_rules() == []
+    assert [p.id for p in problems] == ["eventbus.E007", "eventbus.E008"]
+    assert "author_email, note_id, text" in problems[1].msg
+    assert model_events_messages(OrderEvents) == []

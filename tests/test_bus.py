@@ -65,14 +65,23 @@ def later(seconds: float):
     return timezone.now() + timedelta(seconds=seconds)
 
 
-# -- publish and subscribe ------------------------------------------------------------
+# -- send and subscribe ---------------------------------------------------------------
 
 
-async def test_publish_then_subscriber_receives(backend):
+async def test_send_then_subscriber_receives(backend):
     bus = get_event_bus()
     event = order(1)
     async with bus.subscribe([CHANNEL_A]) as events:
-        await bus.publish(CHANNEL_A, event)
+        await bus.send(CHANNEL_A, event)
+        assert await next_event(events) == event
+
+
+async def test_publish_is_a_deprecated_alias_of_send(backend):
+    bus = get_event_bus()
+    event = order(1)
+    async with bus.subscribe([CHANNEL_A]) as events:
+        with pytest.warns(DeprecationWarning, match=r"use EventBus\.send\(\)"):
+            await bus.publish(CHANNEL_A, event)
         assert await next_event(events) == event
 
 
@@ -160,7 +169,7 @@ async def test_leaving_removes_the_group_membership(backend, redis_server):
     bus = get_event_bus()
     async with bus.subscribe([CHANNEL_A, CHANNEL_B]) as events:
         assert group_members(redis_server, backend, CHANNEL_A) == 1
-        await bus.publish(CHANNEL_A, order(1))
+        await bus.send(CHANNEL_A, order(1))
         await next_event(events)
     assert group_members(redis_server, backend, CHANNEL_A) == 0
     assert group_members(redis_server, backend, CHANNEL_B) == 0
@@ -168,19 +177,19 @@ async def test_leaving_removes_the_group_membership(backend, redis_server):
     # Explicit close() after a plain `async for` + break leaves too.
     subscription = bus.subscribe([CHANNEL_A])
     await subscription.start()
-    await bus.publish(CHANNEL_A, order(2))
+    await bus.send(CHANNEL_A, order(2))
     async for _ in subscription:
         break
     await subscription.close()
     assert group_members(redis_server, backend, CHANNEL_A) == 0
-    await bus.publish(CHANNEL_A, order(3))
+    await bus.send(CHANNEL_A, order(3))
     assert queued_messages(redis_server, backend) == 0  # delivered to nobody
 
     # A later event reaches the subscriber still there, and nobody else is queued for it.
     async with bus.subscribe([CHANNEL_A]) as staying:
         assert group_members(redis_server, backend, CHANNEL_A) == 1
         later_event = order(4)
-        await bus.publish(CHANNEL_A, later_event)
+        await bus.send(CHANNEL_A, later_event)
         assert await next_event(staying) == later_event
 
 
@@ -217,7 +226,7 @@ async def reach(
         probe = order(0)
         probes.add(probe.id)
         with contextlib.suppress(Exception):  # still reconnecting
-            await bus.publish(channel, probe)
+            await bus.send(channel, probe)
         try:
             while True:
                 got = await asyncio.wait_for(received.get(), 0.3)
@@ -284,7 +293,7 @@ async def test_subscriber_idle_during_a_restart_joins_again(backend, redis_serve
     bus = get_event_bus()
     async with bus.subscribe([CHANNEL_A]) as events:
         events.refresh_seconds = 0.3
-        await bus.publish(CHANNEL_A, order(1))
+        await bus.send(CHANNEL_A, order(1))
         await next_event(events)
         await asyncio.to_thread(redis_server.restart)  # nobody is reading right now
         received: asyncio.Queue[Event[Any]] = asyncio.Queue()
@@ -292,7 +301,7 @@ async def test_subscriber_idle_during_a_restart_joins_again(backend, redis_serve
         try:
             await reach(received, bus, CHANNEL_A, seconds=10.0)
             event = order(2)
-            await bus.publish(CHANNEL_A, event)
+            await bus.send(CHANNEL_A, event)
             while (got := await asyncio.wait_for(received.get(), TIMEOUT)).id != event.id:
                 assert got.payload.order_id == 0  # a late probe
         finally:

@@ -70,8 +70,13 @@ def test_load_records_problems_instead_of_raising():
             "tests.test_catalog.CONFLICTING",
         )
     )
-    assert [problem.check_id for problem in catalog.problems] == ["eventbus.E002", "eventbus.E004"]
-    assert "DOES_NOT_EXIST" in catalog.problems[0].message
+    [(missing, import_error), (conflicting, conflict)] = catalog.load_errors
+    assert (missing, conflicting) == (
+        "tests.testapp.events.DOES_NOT_EXIST",
+        "tests.test_catalog.CONFLICTING",
+    )
+    assert isinstance(import_error, ImportError) and "DOES_NOT_EXIST" in str(import_error)
+    assert isinstance(conflict, CatalogConflictError)
 
 
 CONFLICTING = {Other.ORDER_PLACED: Refund}

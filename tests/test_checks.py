@@ -7,7 +7,7 @@ from django.core.management.base import SystemCheckError
 from django.test import override_settings
 
 from eventbus import Event, event_handler
-from eventbus.catalog import ConfigProblem, catalog
+from eventbus.catalog import catalog
 from eventbus.dispatcher import EventDispatcher
 from tests.testapp.events import OrderClosed, ShopEvent
 
@@ -51,9 +51,9 @@ def test_empty_settings_warn_about_catalogs_and_authorization():
 
 @pytest.fixture
 def catalog_problems():
-    saved = list(catalog.problems)
-    yield catalog.problems
-    catalog.problems[:] = saved
+    saved = list(catalog.load_errors)
+    yield catalog.load_errors
+    catalog.load_errors[:] = saved
 
 
 def test_catalog_problems_become_errors(catalog_problems):
@@ -105,17 +105,33 @@ def test_miswired_handlers_discovered_at_start_up_fail_manage_py_check(monkeypat
     fresh.start(handler_modules=())
     assert ids(run_checks()) == ["eventbus.E005", "eventbus.E006"]
     assert "wrong_model" in run_checks()[1].msg
-    assert [sub.func for sub in fresh.subscriptions(ShopEvent.ORDER_CLOSED)] == [fine]
-    assert fresh.subscriptions(ShopEvent.ORDER_PLACED) == ()
+    assert [handler.func for handler in fresh.handlers(ShopEvent.ORDER_CLOSED)] == [fine]
+    assert fresh.handlers(ShopEvent.ORDER_PLACED) == ()
     with pytest.raises(SystemCheckError, match="eventbus.E006"):
         call_command("check")
 
 
-def test_problem_ids_map_to_levels():
-    from eventbus.checks import _as_message
+def test_every_id_is_defined_once_in_the_checks_module_with_its_level():
+    """Ids live in eventbus.checks (E for errors, W for warnings); no module spells one out."""
+    import pathlib
+    import re
 
-    assert _as_message(ConfigProblem("eventbus.W009", "m", "h")).level == checks.WARNING
-    assert _as_message(ConfigProblem("eventbus.E009", "m", "h")).level == checks.ERROR
+    import eventbus
+    from eventbus import checks as eventbus_checks
+
+    defined = {
+        name: value for name, value in vars(eventbus_checks).items() if re.fullmatch(r"[EW]\d{3}", name)
+    }
+    assert len(set(defined.values())) == len(defined)
+    assert all(value == f"eventbus.{name}" for name, value in defined.items())
+    package = pathlib.Path(eventbus.__file__).parent
+    for path in package.rglob("*.py"):
+        if path.name != "checks.py":
+            assert not re.search(r"[\"']eventbus\.[EW]\d{3}[\"']", path.read_text()), path
+    # Levels follow the id: every message a check can make agrees with its id.
+    source = (package / "checks.py").read_text()
+    for level, name in re.findall(r"(Error|Warning)\(\s*.*?id=([EW]\d{3})", source, re.S):
+        assert name[0] == level[0], (level, name)
 
 
 BASE = {

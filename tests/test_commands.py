@@ -8,7 +8,7 @@ from django.core.management import CommandError, call_command
 from django.test import override_settings
 from django.utils import timezone
 
-from eventbus.envelope import uuid7
+from eventbus.ids import uuid7
 from eventbus.models import DeliveryStatus, EventRecord
 
 pytestmark = pytest.mark.django_db(transaction=True)

@@ -21,9 +21,10 @@ import pytest
 from django.core.management import CommandError, call_command
 from django.test import override_settings
 
-from eventbus.bus import EventBus, public_json
+from eventbus.bus import EventBus
 from eventbus.models import DeliveryStatus, EventRecord
 from eventbus.sinks import load_sink
+from eventbus.wire import public_json
 from tests.services import REPO_ROOT, RedisServer
 from tests.testapp.events import ShopEvent
 

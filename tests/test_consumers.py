@@ -287,7 +287,7 @@ async def test_resume_sends_nothing_twice_at_the_seam(member):
     async with Client(member) as client:
         await client.subscribe(since=str(seen.id))
         assert (await client.recv())["event"]["id"] == str(missed.id)
-        await EventBus().publish(CHANNEL, missed)  # e.g. the relay retrying it
+        await EventBus().send(CHANNEL, missed)  # e.g. the relay retrying it
         assert await client.nothing()
 
 
@@ -410,7 +410,7 @@ async def test_many_sockets_share_one_group_membership(member):
 
 def replay_with_live_events(monkeypatch, before: list[int], after: list[int]) -> None:
     """Publish live events while the consumer reads its replay from the log."""
-    original = consumers._load_replay
+    original = consumers.load_replay
 
     def load(*args: Any) -> Any:
         for n in before:
@@ -421,7 +421,7 @@ def replay_with_live_events(monkeypatch, before: list[int], after: list[int]) ->
         time.sleep(0.2)  # the fan-out hands them to the subscribing socket meanwhile
         return found
 
-    monkeypatch.setattr(consumers, "_load_replay", load)
+    monkeypatch.setattr(consumers, "load_replay", load)
 
 
 @override_settings(EVENTBUS=SETTINGS)
@@ -462,7 +462,7 @@ async def test_a_consumer_that_crashes_leaves_its_groups(member, monkeypatch):
     def broken(*args: Any) -> Any:
         raise RuntimeError("the log is unreadable")
 
-    monkeypatch.setattr(consumers, "_load_replay", broken)
+    monkeypatch.setattr(consumers, "load_replay", broken)
     seen = await publish_order(0)
     client = Client(member)
     await client.__aenter__()
@@ -554,7 +554,7 @@ async def test_too_many_live_events_while_the_replay_goes_out_says_reset(member,
         await original(self, text)
         if '"type":"subscribed"' in text:  # live events arrive while it is being sent
             for n in range(3):
-                self.deliver(
+                self.on_message(
                     {
                         "channel": CHANNEL,
                         "id": str(uuid4()),

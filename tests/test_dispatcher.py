@@ -1,4 +1,5 @@
 import asyncio
+import dataclasses
 import logging
 from typing import Any
 from uuid import uuid4
@@ -8,8 +9,10 @@ from django.dispatch import receiver
 
 from eventbus import (
     Event,
+    EventDispatcher,
     EventSchemaError,
     InvalidHandlerError,
+    PayloadTooLargeError,
     UnknownEventTypeError,
     event_handler,
     event_published,
@@ -65,7 +68,7 @@ def test_subscribing_twice_is_a_no_op(dispatcher):
     dispatcher.subscribe("order.placed", handler)
     dispatcher.publish(ShopEvent.ORDER_PLACED, PLACED)
     assert len(calls) == 1
-    assert len(dispatcher.subscriptions(ShopEvent.ORDER_PLACED)) == 1
+    assert len(dispatcher.handlers(ShopEvent.ORDER_PLACED)) == 1
 
 
 def test_unsubscribe(dispatcher):
@@ -87,7 +90,7 @@ def test_handler_annotated_with_another_payload_model_is_refused(dispatcher):
     assert "on_placed" in message and "'order.placed'" in message
     assert "tests.testapp.events.OrderPlaced" in message  # expected
     assert "tests.testapp.events.OrderClosed" in message  # found
-    assert dispatcher.subscriptions(ShopEvent.ORDER_PLACED) == ()
+    assert dispatcher.handlers(ShopEvent.ORDER_PLACED) == ()
 
 
 def test_bare_payload_annotation_of_another_model_is_refused(dispatcher):
@@ -223,11 +226,12 @@ def test_several_failing_handlers_are_each_logged(dispatcher, caplog):
     def listener(event, name, exc):
         failures.append(str(exc))
 
-    dispatcher.failure_listeners.append(listener)
+    saved = dispatcher.stages
+    dispatcher.stages = dataclasses.replace(saved, record_failure=listener)
     try:
         dispatcher.publish(ShopEvent.ORDER_PLACED, PLACED)
     finally:
-        dispatcher.failure_listeners.remove(listener)
+        dispatcher.stages = saved
     assert failures == ["handler 0", "handler 1", "handler 2"]
 
 
@@ -425,7 +429,7 @@ def test_failing_signal_receiver_is_logged_and_isolated(dispatcher, caplog):
 def test_handlers_module_is_discovered_at_start_up():
     from tests.testapp.handlers import discovered_calls, remember_order
 
-    subscribed = get_event_dispatcher().subscriptions(ShopEvent.ORDER_PLACED)
+    subscribed = get_event_dispatcher().handlers(ShopEvent.ORDER_PLACED)
     assert remember_order in [sub.func for sub in subscribed]
     discovered_calls.clear()
     event = get_event_dispatcher().publish(ShopEvent.ORDER_PLACED, PLACED)
@@ -458,3 +462,113 @@ def test_published_event_equals_its_validated_twin(dispatcher):
     assert Event.model_validate_json(event.model_dump_json()) == event
     assert event.model_fields_set == set(Event.model_fields)
     assert event.id.version == 7 and event.timestamp.tzinfo is not None
+
+
+# -- the publish pipeline ------------------------------------------------------------
+
+
+class RecordingStages:
+    """Stages that write down when each runs, to check the pipeline's order."""
+
+    def __init__(self, steps: list[str]) -> None:
+        self.steps = steps
+
+    def store(self, event: Event[Any], entry: Any, payload: bytes, using: str | None) -> None:
+        self.steps.append(f"store {payload.decode()}")
+
+    async def astore(self, event: Event[Any], entry: Any, payload: bytes, using: str | None) -> None:
+        self.store(event, entry, payload, using)
+
+    def hand_off(self, event: Event[Any], entry: Any) -> None:
+        self.steps.append("hand off")
+
+    async def ahand_off(self, event: Event[Any], entry: Any) -> None:
+        self.hand_off(event, entry)
+
+
+def test_publish_runs_its_stages_in_order_with_the_commit_between_store_and_hand_off():
+    from django.db import transaction
+
+    from eventbus.dispatcher import Stages
+
+    steps: list[str] = []
+    recording = RecordingStages(steps)
+    bare = EventDispatcher(stages=Stages(store=recording, hand_off=recording))
+    bare.subscribe(ShopEvent.ORDER_PLACED, lambda event: steps.append("handler"))
+    bare.connect_observer(lambda event: steps.append("observer"))
+
+    def signal_receiver(sender: Any, event: Event[Any], **kwargs: Any) -> None:
+        steps.append("signal")
+
+    event_published.connect(signal_receiver)
+    try:
+        with transaction.atomic():
+            bare.publish(ShopEvent.ORDER_PLACED, PLACED)
+            steps.append("commit")
+    finally:
+        event_published.disconnect(signal_receiver)
+    assert steps == [
+        'store {"order_id":7,"title":"Desk","quantity":1}',
+        "observer",
+        "commit",
+        "hand off",
+        "handler",
+        "signal",
+    ]
+
+
+async def test_apublish_runs_the_same_stages_through_their_async_twins():
+    from eventbus.dispatcher import Stages
+
+    steps: list[str] = []
+    recording = RecordingStages(steps)
+    bare = EventDispatcher(stages=Stages(store=recording, hand_off=recording))
+    bare.subscribe(ShopEvent.ORDER_PLACED, lambda event: steps.append("handler"))
+    bare.connect_observer(lambda event: steps.append("observer"))
+    await bare.apublish(ShopEvent.ORDER_PLACED, PLACED)
+    assert steps == [
+        'store {"order_id":7,"title":"Desk","quantity":1}',
+        "observer",
+        "hand off",
+        "handler",
+    ]
+
+
+def test_a_bare_dispatcher_enforces_the_payload_limits_too(settings):
+    """Validation is the dispatcher's own stage: no log or relay needs to be wired for it."""
+    from eventbus.dispatcher import Stages
+
+    settings.EVENTBUS = {**settings.EVENTBUS, "MAX_PAYLOAD_BYTES": 64}
+    steps: list[str] = []
+    bare = EventDispatcher(stages=Stages(store=RecordingStages(steps)))
+    bare.subscribe(ShopEvent.ORDER_PLACED, lambda event: steps.append("handler"))
+    with pytest.raises(PayloadTooLargeError, match="over the limit of 64"):
+        bare.publish(ShopEvent.ORDER_PLACED, {**PLACED, "title": "x" * 100})
+    assert steps == []
+    bare.publish(ShopEvent.ORDER_PLACED, PLACED)
+    assert steps == ['store {"order_id":7,"title":"Desk","quantity":1}', "handler"]
+
+
+def test_observers_connect_and_disconnect():
+    bare = EventDispatcher()
+    seen: list[str] = []
+
+    def observer(event: Event[Any]) -> None:
+        seen.append(str(event.type.value))
+
+    bare.connect_observer(observer)
+    bare.connect_observer(observer)  # twice is once
+    bare.publish(ShopEvent.ORDER_PLACED, PLACED)
+    assert bare.disconnect_observer(observer) is True
+    assert bare.disconnect_observer(observer) is False
+    bare.publish(ShopEvent.ORDER_PLACED, PLACED)
+    assert seen == ["order.placed"]
+
+
+def test_subscriptions_is_a_deprecated_alias_of_handlers(dispatcher):
+    def handler(event: Event[Any]) -> None: ...
+
+    dispatcher.subscribe(ShopEvent.ORDER_PLACED, handler)
+    with pytest.warns(DeprecationWarning, match=r"use handlers\(\)"):
+        found = dispatcher.subscriptions(ShopEvent.ORDER_PLACED)
+    assert [known.func for known in found] == [handler]

@@ -23,8 +23,9 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from eventbus import apublish, get_event_dispatcher
-from eventbus.bus import EventBus, public_json
+from eventbus.bus import EventBus
 from eventbus.sinks import ChannelLayerSink
+from eventbus.wire import public_json
 from tests.fixtures_services import AsgiServerFactory
 from tests.services import AsgiServer, RedisServer
 from tests.testapp.events import ShopEvent

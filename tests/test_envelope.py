@@ -1,4 +1,3 @@
-import threading
 from datetime import UTC, datetime, timedelta, timezone
 from uuid import UUID, uuid4
 
@@ -6,7 +5,6 @@ import pytest
 from pydantic import ValidationError
 
 from eventbus import ActorType, Event, UnknownEventTypeError
-from eventbus.envelope import uuid7
 from tests.testapp.events import NoteAdded, OrderPlaced, ShopEvent
 
 
@@ -94,21 +92,3 @@ def test_event_is_frozen():
     event = Event(type=ShopEvent.ORDER_PLACED, payload={"order_id": 1, "title": "a"})
     with pytest.raises(ValidationError):
         event.project_id = uuid4()
-
-
-def test_uuid7_is_unique_and_increasing_across_threads():
-    results: list[list[UUID]] = [[] for _ in range(4)]
-
-    def make(bucket: list[UUID]) -> None:
-        bucket.extend(uuid7() for _ in range(20_000))
-
-    threads = [threading.Thread(target=make, args=(bucket,)) for bucket in results]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    every = [value for bucket in results for value in bucket]
-    assert len(set(every)) == len(every)
-    for bucket in results:
-        assert bucket == sorted(bucket)
-    assert all(value.version == 7 and value.variant == "specified in RFC 4122" for value in every)

@@ -1,7 +1,6 @@
-"""In-process fan-out (one layer channel per process) and each socket's Outbox."""
+"""In-process fan-out: one layer channel per process, its messages handed to local members."""
 
 import asyncio
-import contextvars
 import logging
 from typing import Any
 
@@ -9,7 +8,7 @@ import pytest
 from channels.layers import InMemoryChannelLayer, get_channel_layer
 from django.test import override_settings
 
-from eventbus.fanout import LocalFanout, Outbox, get_fanout
+from eventbus.fanout import LocalFanout, get_fanout
 from tests.services import RedisServer
 
 TIMEOUT = 5.0
@@ -20,7 +19,7 @@ class Recorder:
         self.messages: list[dict[str, Any]] = []
         self.arrived = asyncio.Event()
 
-    def deliver(self, message: dict[str, Any]) -> None:
+    def on_message(self, message: dict[str, Any]) -> None:
         self.messages.append(message)
         self.arrived.set()
 
@@ -31,7 +30,7 @@ class Recorder:
 
 
 class Broken:
-    def deliver(self, message: dict[str, Any]) -> None:
+    def on_message(self, message: dict[str, Any]) -> None:
         raise RuntimeError("broken member")
 
 
@@ -194,203 +193,3 @@ async def test_a_burst_to_a_busy_process_is_not_cut_at_the_layers_capacity(redis
     finally:
         await fanout.leave("g", member)
         await layer.flush()
-
-
-# -- Outbox --------------------------------------------------------------------------
-
-
-class Socket:
-    """A send() that can be held, like a client that stopped reading."""
-
-    def __init__(self, fail_with: Exception | None = None) -> None:
-        self.sent: list[str] = []
-        self.open = asyncio.Event()
-        self.open.set()
-        self.fail_with = fail_with
-
-    async def send(self, frame: str) -> None:
-        await self.open.wait()
-        if self.fail_with is not None:
-            raise self.fail_with
-        self.sent.append(frame)
-
-
-def outbox_for(socket: Socket, limit: int = 3, timeout: float = 5.0) -> tuple[Outbox, list[bool]]:
-    failures: list[bool] = []
-    return Outbox(socket.send, limit=limit, timeout=timeout, on_failure=failures.append), failures
-
-
-async def test_frames_go_out_in_order_even_when_sends_wait():
-    socket = Socket()
-    outbox, failures = outbox_for(socket, limit=10)
-    socket.open.clear()
-    for n in range(5):
-        assert outbox.offer(f"f{n}")
-    assert socket.sent == []
-    await outbox.put("f5")
-    socket.open.set()
-    await asyncio.wait_for(outbox.drained(), TIMEOUT)
-    assert socket.sent == [f"f{n}" for n in range(6)]
-    assert failures == []
-
-
-async def test_a_full_queue_gives_the_socket_up_at_once():
-    socket = Socket()
-    outbox, failures = outbox_for(socket, limit=3)
-    socket.open.clear()
-    # Three frames are queued, the first of them being sent: the limit.
-    assert all(outbox.offer(f"f{n}") for n in range(3))
-    assert not outbox.offer("f3")
-    assert failures == [True]
-    assert not outbox.offer("f4")  # given up: nothing more is queued or reported
-    assert failures == [True]
-    socket.open.set()
-    await asyncio.sleep(0.05)
-    assert socket.sent == []
-    assert len(outbox) == 0
-
-
-async def test_a_send_that_waits_past_the_timeout_gives_the_socket_up():
-    socket = Socket()
-    outbox, failures = outbox_for(socket, timeout=0.1)
-    socket.open.clear()
-    outbox.offer("f0")
-    await asyncio.sleep(0.3)
-    assert failures == [True]
-    assert outbox.failed
-
-
-async def test_slow_sends_each_within_the_timeout_are_not_a_stall():
-    """The timeout is per frame: a burst may take longer in all than one send may."""
-
-    class SlowSocket(Socket):
-        async def send(self, frame: str) -> None:
-            await asyncio.sleep(0.08)
-            self.sent.append(frame)
-
-    socket = SlowSocket()
-    outbox, failures = outbox_for(socket, limit=10, timeout=0.2)
-    for n in range(6):  # about 0.5 s in all
-        outbox.offer(f"f{n}")
-    await asyncio.wait_for(outbox.drained(), TIMEOUT)
-    assert failures == []
-    assert socket.sent == [f"f{n}" for n in range(6)]
-
-
-async def test_a_send_that_raises_reports_a_gone_socket():
-    socket = Socket(fail_with=OSError("connection reset"))
-    outbox, failures = outbox_for(socket)
-    outbox.offer("f0")
-    await asyncio.wait_for(outbox.drained(), TIMEOUT)
-    assert failures == [False]
-    assert not outbox.offer("f1")
-
-
-async def test_put_waits_for_room_and_gives_up_after_the_timeout():
-    socket = Socket()
-    outbox, failures = outbox_for(socket, limit=2, timeout=0.2)
-    socket.open.clear()
-    for n in range(2):  # one in flight, one waiting: full
-        assert outbox.offer(f"f{n}")
-    waiter = asyncio.create_task(outbox.put("f2"))
-    await asyncio.sleep(0.05)
-    assert not waiter.done()  # waits for room rather than failing
-    await asyncio.wait_for(waiter, TIMEOUT)
-    assert failures == [True]  # the send never finished: given up, and put returned
-
-
-async def test_put_proceeds_once_the_client_reads():
-    socket = Socket()
-    outbox, failures = outbox_for(socket, limit=2, timeout=5)
-    socket.open.clear()
-    for n in range(2):
-        assert outbox.offer(f"f{n}")
-    waiter = asyncio.create_task(outbox.put("f2"))
-    await asyncio.sleep(0.05)
-    assert not waiter.done()
-    socket.open.set()
-    await asyncio.wait_for(waiter, TIMEOUT)
-    await asyncio.wait_for(outbox.drained(), TIMEOUT)
-    assert socket.sent == ["f0", "f1", "f2"]
-    assert failures == []
-
-
-async def test_a_send_that_waits_then_raises_reports_a_gone_socket():
-    socket = Socket(fail_with=OSError("connection reset"))
-    outbox, failures = outbox_for(socket)
-    socket.open.clear()
-    outbox.offer("f0")
-    await asyncio.sleep(0.05)
-    assert failures == []
-    socket.open.set()
-    await asyncio.wait_for(outbox.drained(), TIMEOUT)
-    assert failures == [False]
-
-
-async def test_closing_while_a_send_waits_ends_that_send():
-    ended: list[str] = []
-    waited_on: list[asyncio.Future[None]] = []
-
-    async def send(frame: str) -> None:
-        waited_on.append(asyncio.get_running_loop().create_future())
-        try:
-            await waited_on[-1]  # never resolved
-        finally:
-            ended.append(frame)
-
-    outbox = Outbox(send, limit=3, timeout=5, on_failure=lambda stalled: None)
-    outbox.offer("f0")
-    outbox.offer("f1")
-    await asyncio.sleep(0.01)
-    outbox.close()
-    await asyncio.wait_for(outbox.drained(), TIMEOUT)
-    await asyncio.sleep(0)
-    assert ended == ["f0"]
-    assert waited_on[0].cancelled()  # as when a task waiting on it is cancelled
-    assert not outbox.offer("f2")
-
-
-async def test_closing_before_the_waiting_send_got_a_turn_does_not_hang_drained():
-    socket = Socket()
-    outbox, _ = outbox_for(socket)
-    socket.open.clear()
-    outbox.offer("f0")  # waits: a task takes over, not started yet
-    outbox.close()
-    await asyncio.wait_for(outbox.drained(), 1.0)
-
-
-async def test_drained_gives_up_after_its_timeout():
-    socket = Socket()
-    outbox, failures = outbox_for(socket)
-    socket.open.clear()
-    outbox.offer("f0")
-    await asyncio.wait_for(outbox.drained(timeout=0.05), 1.0)
-    assert len(outbox) == 1 and failures == []
-
-
-who = contextvars.ContextVar("who", default="nobody")
-
-
-async def test_sends_run_in_the_context_the_outbox_was_made_in():
-    seen: list[str] = []
-    socket = Socket()
-
-    async def send(frame: str) -> None:
-        seen.append(who.get())
-        await socket.send(frame)
-
-    who.set("socket")
-    outbox = Outbox(send, limit=3, timeout=5, on_failure=lambda stalled: None)
-
-    async def reader() -> None:  # the fan-out's reader, with a context of its own
-        who.set("reader")
-        outbox.offer("at once")
-        socket.open.clear()
-        outbox.offer("after a wait")
-        outbox.offer("queued")
-
-    await asyncio.create_task(reader())
-    socket.open.set()
-    await asyncio.wait_for(outbox.drained(), TIMEOUT)
-    assert socket.sent == ["at once", "after a wait", "queued"]
-    assert seen == ["socket"] * 3

@@ -1,4 +1,4 @@
-"""The event log: rows written in the publisher's transaction, refusals, handler failures."""
+"""The event log: rows written in the publisher's transaction, and refusals."""
 
 from typing import Any
 from uuid import uuid4
@@ -9,7 +9,7 @@ from django.db import transaction
 from django.test import override_settings
 
 from eventbus import Event, EventSchemaError, PayloadTooLargeError, get_event_dispatcher
-from eventbus.models import DeliveryStatus, EventRecord, HandlerFailure
+from eventbus.models import DeliveryStatus, EventRecord
 from tests.testapp.events import ShopEvent
 from tests.testapp.models import Order
 
@@ -99,43 +99,6 @@ def test_oversize_payload_is_refused_with_its_size(dispatcher, captured_events):
     assert captured_events.types() == ["note.added"]
 
 
-def test_handler_failure_is_recorded(dispatcher):
-    def broken(event: Event[Any]) -> None:
-        raise ValueError("no stock left")
-
-    dispatcher.subscribe(ShopEvent.ORDER_DELETED, broken)
-    event = dispatcher.publish(ShopEvent.ORDER_DELETED, {"order_id": 3})
-    failure = HandlerFailure.objects.get()
-    assert failure.event_id == event.id and failure.event_type == "order.deleted"
-    assert failure.handler.endswith("test_handler_failure_is_recorded.<locals>.broken")
-    assert failure.error == "ValueError: no stock left"
-    assert "raise ValueError" in failure.traceback
-
-
-def test_handler_failure_of_an_unlogged_event_is_recorded_too(dispatcher):
-    dispatcher.subscribe(ShopEvent.METRIC_SAMPLED, lambda e: 1 / 0)
-    dispatcher.publish(ShopEvent.METRIC_SAMPLED, {"name": "cpu", "value": 1})
-    assert HandlerFailure.objects.get().error.startswith("ZeroDivisionError")
-
-
-async def test_async_handler_failure_is_recorded(dispatcher):
-    import asyncio
-
-    from asgiref.sync import sync_to_async
-
-    from eventbus import log
-
-    async def broken(event: Event[Any]) -> None:
-        raise RuntimeError("async failure")
-
-    dispatcher.subscribe(ShopEvent.ORDER_DELETED, broken)
-    event = await dispatcher.apublish(ShopEvent.ORDER_DELETED, {"order_id": 4})
-    await dispatcher.drain(timeout=5)
-    await asyncio.wait_for(asyncio.gather(*log._pending_writes), timeout=5)
-    failure = await sync_to_async(HandlerFailure.objects.get)()
-    assert failure.event_id == event.id and failure.error == "RuntimeError: async failure"
-
-
 def test_chain_ids_are_stored(dispatcher):
     def on_placed(event: Event[Any]) -> None:
         dispatcher.publish(ShopEvent.ORDER_DELETED, {"order_id": 1})
@@ -151,11 +114,13 @@ def test_migrations_are_in_sync():
 
 
 def test_default_delivery_state():
-    event = get_event_dispatcher().build(ShopEvent.ORDER_DELETED, {"order_id": 1})
-    from eventbus.log import record
+    from eventbus.log import EventLog
+    from eventbus.wire import payload_json
 
+    event = get_event_dispatcher().build(ShopEvent.ORDER_DELETED, {"order_id": 1})
+    entry = get_event_dispatcher().catalog.resolve(event.type)
     with override_settings(EVENTBUS={"CATALOGS": [], "SINK": None}):
-        record(event, None)
+        EventLog().store(event, entry, payload_json(event), None)
     row = EventRecord.objects.get()
     assert (row.status, row.attempts, row.delivered_at, row.sequence) == (
         DeliveryStatus.PENDING,

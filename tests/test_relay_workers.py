@@ -12,7 +12,7 @@ from django.db import DatabaseError, connection
 from django.test import override_settings
 from django.utils import timezone
 
-from eventbus.envelope import uuid7
+from eventbus.ids import uuid7
 from eventbus.models import DeliveryStatus, EventRecord
 from eventbus.relay import Relay
 

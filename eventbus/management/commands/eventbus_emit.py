@@ -7,6 +7,7 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 from eventbus import ActorType, publish
 from eventbus.catalog import catalog
 from eventbus.exceptions import EventSchemaError, PayloadTooLargeError, UnknownEventTypeError
+from eventbus.ids import parse_uuid
 from eventbus.models import DeliveryStatus, EventRecord
 
 
@@ -69,6 +70,6 @@ def _uuid(option: str, text: str | None) -> UUID | None:
     if text is None:
         return None
     try:
-        return UUID(text)
+        return parse_uuid(text)
     except ValueError:
         raise CommandError(f"{option} {text!r} is not a UUID.") from None

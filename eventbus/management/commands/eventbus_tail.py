@@ -3,12 +3,13 @@ import contextlib
 import json
 import time
 from typing import Any
-from uuid import UUID
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from eventbus.bus import EventBus, get_event_bus, public_json, validate_channel
+from eventbus.bus import get_event_bus
+from eventbus.channel_names import agent_channel, project_channel, validate_channel
 from eventbus.exceptions import InvalidChannelError
+from eventbus.wire import public_json
 
 
 class Command(BaseCommand):
@@ -97,12 +98,12 @@ def _channels(names: list[str], projects: list[str], agents: list[str]) -> list[
         except InvalidChannelError as exc:
             raise CommandError(str(exc)) from exc
     for option, ids, channel_of in (
-        ("--project", projects, EventBus.get_project_channel),
-        ("--agent", agents, EventBus.get_agent_channel),
+        ("--project", projects, project_channel),
+        ("--agent", agents, agent_channel),
     ):
         for text in ids:
             try:
-                channels.append(channel_of(UUID(text)))
+                channels.append(channel_of(text))
             except ValueError:
                 raise CommandError(f"{option} {text!r} is not a UUID.") from None
     return list(dict.fromkeys(channels))

@@ -1,0 +1,24 @@
+"""Reconnecting to the channel layer's server: the backoff, and what counts as a lost link.
+
+Shared by what reads from the layer for a long time (a subscription, a process's
+fan-out reader), so both wait the same and give up on the same errors.
+"""
+
+from __future__ import annotations
+
+# After a lost connection, wait 0.1 s, then 0.2 s, ... up to 2 s between attempts.
+RETRY_FIRST = 0.1
+RETRY_MAX = 2.0
+
+
+def next_delay(delay: float) -> float:
+    return min(delay * 2, RETRY_MAX)
+
+
+def is_connection_error(exc: BaseException) -> bool:
+    """Whether ``exc`` means the layer's server is away (try again) rather than a bug."""
+    # redis-py's ConnectionError and TimeoutError are not OSErrors; match them by name
+    # rather than import an optional dependency.
+    return isinstance(exc, OSError) or any(
+        cls.__name__ in ("ConnectionError", "TimeoutError") for cls in type(exc).__mro__
+    )
