@@ -292,8 +292,11 @@ class EventDispatcher:
             for handler in self._handlers.get(event.type.value, ()):
                 if handler.is_async:
                     self._run_async_from_sync(handler, event)
-                else:
-                    self._run(handler, event)
+                    continue
+                try:  # handler.argument(event), inlined: this loop is the hot path
+                    handler.func(event.payload if handler.wants_payload else event)
+                except Exception as exc:
+                    self._handler_failed(handler.name, event, exc)
             if event_published.receivers:
                 self._send_signal(event)
         finally:
@@ -316,15 +319,12 @@ class EventDispatcher:
 
     def _run_sync(self, event: Event[Any], handlers: list[Handler]) -> None:
         for handler in handlers:
-            self._run(handler, event)
+            try:
+                handler.func(handler.argument(event))
+            except Exception as exc:
+                self._handler_failed(handler.name, event, exc)
         if event_published.receivers:
             self._send_signal(event)
-
-    def _run(self, handler: Handler, event: Event[Any]) -> None:
-        try:
-            handler.func(handler.argument(event))
-        except Exception as exc:
-            self._handler_failed(handler.name, event, exc)
 
     def _send_signal(self, event: Event[Any]) -> None:
         for receiver, result in event_published.send_robust(sender=event.type, event=event):

@@ -133,12 +133,20 @@ def _fill_defaults(fields: dict[str, Any]) -> dict[str, Any]:
         fields["id"] = uuid7()
     if fields.get("timestamp") is None:
         fields["timestamp"] = datetime.now(UTC)
-    parent = _current_event.get()
-    if fields.get("correlation_id") is None:
-        fields["correlation_id"] = parent.correlation_id if parent else fields["id"]
-    if fields.get("causation_id") is None and parent is not None:
-        fields["causation_id"] = parent.id
+    fields["correlation_id"], fields["causation_id"] = _chain(
+        fields["id"], fields.get("correlation_id"), fields.get("causation_id")
+    )
     return fields
+
+
+def _chain(
+    event_id: UUID, correlation_id: UUID | None, causation_id: UUID | None
+) -> tuple[UUID, UUID | None]:
+    """The correlation and causation ids: given ones win, else the handled event's chain."""
+    parent = _current_event.get()
+    if parent is None:
+        return correlation_id or event_id, causation_id
+    return correlation_id or parent.correlation_id, causation_id or parent.id
 
 
 def validate_payload(entry: CatalogEntry, payload: object) -> BaseModel:
@@ -167,43 +175,48 @@ def new_event(entry: CatalogEntry, payload: BaseModel, fields: EnvelopeFields) -
 
     Raises :class:`EventSchemaError` naming each envelope field that is not valid.
     """
-    errors: list[tuple[str, str]] = []
+    project_id = fields.get("project_id")
+    actor_id = fields.get("actor_id")
+    correlation_id = fields.get("correlation_id")
+    causation_id = fields.get("causation_id")
+    actor_type = _actor_type(fields.get("actor_type", ActorType.SYSTEM))
+    ids = (project_id, actor_id, correlation_id, causation_id)
+    if actor_type is None or not all(value is None or type(value) is UUID for value in ids):
+        project_id, actor_id, correlation_id, causation_id = _parse_envelope(entry, fields)
+    event_id = uuid7()
+    correlation_id, causation_id = _chain(event_id, correlation_id, causation_id)  # type: ignore[arg-type]
+    # Every field is valid by now, so skip Pydantic's second pass.
+    return Event._trusted(
+        {
+            "id": event_id,
+            "type": entry.member,
+            "timestamp": datetime.now(UTC),
+            "project_id": project_id,
+            "actor_id": actor_id,
+            "actor_type": actor_type,
+            "payload": payload,
+            "correlation_id": correlation_id,
+            "causation_id": causation_id,
+        }
+    )
 
-    def uuid_field(name: str) -> UUID | None:
+
+def _parse_envelope(entry: CatalogEntry, fields: EnvelopeFields) -> list[UUID | None]:
+    """The id fields as UUIDs; EventSchemaError naming every field that is not valid."""
+    errors: list[tuple[str, str]] = []
+    parsed: list[UUID | None] = []
+    for name in ("project_id", "actor_id", "correlation_id", "causation_id"):
         value = fields.get(name)
-        if value is None:
-            return None
         try:
-            return parse_uuid(value)
+            parsed.append(None if value is None else parse_uuid(value))
         except ValueError as exc:
             errors.append((name, str(exc)))
-            return None
-
-    project_id = uuid_field("project_id")
-    actor_id = uuid_field("actor_id")
-    correlation_id = uuid_field("correlation_id")
-    causation_id = uuid_field("causation_id")
-    actor_type = _actor_type(fields.get("actor_type", ActorType.SYSTEM))
-    if actor_type is None:
+            parsed.append(None)
+    if _actor_type(fields.get("actor_type", ActorType.SYSTEM)) is None:
         errors.append(("actor_type", f"must be one of {', '.join(ActorType)}"))
     if errors:
         raise EventSchemaError(entry.name, errors)
-    # Every field is valid by now, so skip Pydantic's second pass.
-    return Event._trusted(
-        _fill_defaults(
-            {
-                "id": None,
-                "type": entry.member,
-                "timestamp": None,
-                "project_id": project_id,
-                "actor_id": actor_id,
-                "actor_type": actor_type,
-                "payload": payload,
-                "correlation_id": correlation_id,
-                "causation_id": causation_id,
-            }
-        )
-    )
+    return parsed
 
 
 _ACTOR_TYPES: dict[object, ActorType] = {
