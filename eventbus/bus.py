@@ -9,7 +9,6 @@ from __future__ import annotations
 import warnings
 from collections.abc import Iterable, Sequence
 from typing import Any
-from uuid import UUID
 
 from channels.layers import BaseChannelLayer, get_channel_layer
 from django.core.exceptions import ImproperlyConfigured
@@ -24,6 +23,7 @@ from .channel_names import (
     validate_channel,
 )
 from .envelope import Event
+from .ids import ObjectKey
 from .layers import group_send_many
 from .subscription import Subscription
 from .wire import layer_message, public_json
@@ -48,11 +48,13 @@ class EventBus:
         return layer
 
     @staticmethod
-    def get_project_channel(project_id: UUID | str) -> str:
+    def get_project_channel(project_id: ObjectKey) -> str:
+        """``eventbus.project.<key>``; a UUID, an integer or a short string key."""
         return project_channel(project_id)
 
     @staticmethod
-    def get_agent_channel(agent_id: UUID | str) -> str:
+    def get_agent_channel(agent_id: ObjectKey) -> str:
+        """``eventbus.agent.<key>``; a UUID, an integer or a short string key."""
         return agent_channel(agent_id)
 
     def channels_for(self, event: Event[Any], entry: CatalogEntry | None = None) -> list[str]:

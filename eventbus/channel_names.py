@@ -1,19 +1,20 @@
 """Channel names: which ones are valid, how project and agent channels are named, and
 the default router from an event to its channels.
 
-A channel is a Channels group: ``eventbus.project.<hex>`` and ``eventbus.agent.<hex>``
-by default. ``EVENTBUS['CHANNEL_ROUTER']`` replaces :func:`default_channels`.
+A channel is a Channels group: ``eventbus.project.<key>`` and ``eventbus.agent.<key>``
+by default, where a UUID key is written as 32 hex digits and an integer or string key
+as its text. ``EVENTBUS['CHANNEL_ROUTER']`` replaces :func:`default_channels`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import re
 from typing import Any
-from uuid import UUID
 
 from .envelope import ActorType, Event
 from .exceptions import InvalidChannelError
-from .ids import parse_uuid
+from .ids import ObjectKey, key_slug, parse_key
 
 _CHANNEL_NAME = re.compile(r"^[A-Za-z0-9._-]{1,90}$")
 
@@ -28,23 +29,35 @@ def validate_channel(channel: object) -> str:
     return channel
 
 
-def project_channel(project_id: UUID | str) -> str:
-    """The channel of a project's events."""
-    return f"eventbus.project.{parse_uuid(project_id).hex}"
+def project_channel(project_id: ObjectKey) -> str:
+    """The channel of a project's events; ValueError for a key that is not valid."""
+    return f"{_PROJECT}{key_slug(parse_key(project_id))}"
 
 
-def agent_channel(agent_id: UUID | str) -> str:
-    """The channel of the events about one agent."""
-    return f"eventbus.agent.{parse_uuid(agent_id).hex}"
+def agent_channel(agent_id: ObjectKey) -> str:
+    """The channel of the events about one agent; ValueError for a key that is not valid."""
+    return f"{_AGENT}{key_slug(parse_key(agent_id))}"
 
 
-def project_of(channel: str) -> UUID | None:
-    """The project whose channel ``channel`` is, or None for any other channel."""
-    prefix, _, ident = channel.rpartition(".")
-    if prefix != "eventbus.project":
+def project_of(channel: str) -> ObjectKey | None:
+    """The key of the project whose channel ``channel`` is; None for any other channel."""
+    return _key_after(_PROJECT, channel)
+
+
+def agent_of(channel: str) -> ObjectKey | None:
+    """The key of the agent whose channel ``channel`` is; None for any other channel."""
+    return _key_after(_AGENT, channel)
+
+
+_PROJECT = "eventbus.project."
+_AGENT = "eventbus.agent."
+
+
+def _key_after(prefix: str, channel: str) -> ObjectKey | None:
+    if not channel.startswith(prefix):
         return None
     try:
-        return parse_uuid(ident)
+        return parse_key(channel[len(prefix) :])
     except ValueError:
         return None
 
@@ -58,10 +71,11 @@ def default_channels(event: Event[Any]) -> list[str]:
     channels = []
     if event.project_id is not None:
         channels.append(project_channel(event.project_id))
-    agent_ids = []
+    agent_ids: list[ObjectKey] = []
     payload_agent = getattr(event.payload, "agent_id", None)
-    if isinstance(payload_agent, UUID):
-        agent_ids.append(payload_agent)
+    if payload_agent is not None:
+        with contextlib.suppress(ValueError):  # not a key: the field means something else
+            agent_ids.append(parse_key(payload_agent))
     if event.actor_type == ActorType.AGENT and event.actor_id is not None:
         agent_ids.append(event.actor_id)
     for agent_id in dict.fromkeys(agent_ids):

@@ -13,12 +13,13 @@ import enum
 from collections.abc import Mapping
 from contextvars import ContextVar
 from datetime import UTC, datetime
-from typing import Any, Generic, TypedDict, TypeVar
+from typing import Annotated, Any, Generic, TypedDict, TypeVar
 from uuid import UUID
 
 from pydantic import (
     AwareDatetime,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     ValidationError,
     field_serializer,
@@ -27,7 +28,10 @@ from pydantic import (
 
 from .catalog import CatalogEntry, catalog
 from .exceptions import EventSchemaError
-from .ids import parse_uuid, uuid7
+from .ids import ObjectKey, parse_key, parse_uuid, uuid7
+
+Key = Annotated[ObjectKey, BeforeValidator(parse_key)]
+"""A project or actor key as the envelope holds it: a UUID, an int or a short string."""
 
 PayloadT = TypeVar("PayloadT", bound=BaseModel)
 
@@ -48,8 +52,8 @@ class ActorType(enum.StrEnum):
 class EnvelopeFields(TypedDict, total=False):
     """The envelope fields a publisher may set; every other field is filled in."""
 
-    project_id: UUID | str | None
-    actor_id: UUID | str | None
+    project_id: ObjectKey | None
+    actor_id: ObjectKey | None
     actor_type: ActorType | str
     correlation_id: UUID | str | None
     causation_id: UUID | str | None
@@ -69,8 +73,8 @@ class Event(BaseModel, Generic[PayloadT]):
     id: UUID
     type: enum.Enum
     timestamp: AwareDatetime
-    project_id: UUID | None = None
-    actor_id: UUID | None = None
+    project_id: Key | None = None
+    actor_id: Key | None = None
     actor_type: ActorType = ActorType.SYSTEM
     payload: PayloadT
     correlation_id: UUID
@@ -201,14 +205,14 @@ def new_event(entry: CatalogEntry, payload: BaseModel, fields: EnvelopeFields) -
     )
 
 
-def _parse_envelope(entry: CatalogEntry, fields: EnvelopeFields) -> list[UUID | None]:
-    """The id fields as UUIDs; EventSchemaError naming every field that is not valid."""
+def _parse_envelope(entry: CatalogEntry, fields: EnvelopeFields) -> list[Any]:
+    """The key and id fields parsed; EventSchemaError naming every field that is not valid."""
     errors: list[tuple[str, str]] = []
-    parsed: list[UUID | None] = []
-    for name in ("project_id", "actor_id", "correlation_id", "causation_id"):
+    parsed: list[Any] = []
+    for name, parse in _ENVELOPE_PARSERS:
         value = fields.get(name)
         try:
-            parsed.append(None if value is None else parse_uuid(value))
+            parsed.append(None if value is None else parse(value))
         except ValueError as exc:
             errors.append((name, str(exc)))
             parsed.append(None)
@@ -218,6 +222,13 @@ def _parse_envelope(entry: CatalogEntry, fields: EnvelopeFields) -> list[UUID | 
         raise EventSchemaError(entry.name, errors)
     return parsed
 
+
+_ENVELOPE_PARSERS: tuple[tuple[str, Any], ...] = (
+    ("project_id", parse_key),
+    ("actor_id", parse_key),
+    ("correlation_id", parse_uuid),
+    ("causation_id", parse_uuid),
+)
 
 _ACTOR_TYPES: dict[object, ActorType] = {
     **{member: member for member in ActorType},

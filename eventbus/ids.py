@@ -7,6 +7,7 @@ search) is read by :func:`parse_uuid`, so they all accept and refuse the same fo
 from __future__ import annotations
 
 import random
+import re
 import threading
 import time
 from uuid import UUID, SafeUUID
@@ -66,3 +67,52 @@ def parse_uuid(value: object) -> UUID:
         except ValueError:
             pass
     raise ValueError(f"{value!r} is not a valid UUID")
+
+
+ObjectKey = UUID | int | str
+"""The key of a project or an actor: a UUID, an integer or a short string (a primary key)."""
+
+_KEY_TEXT = re.compile(r"[A-Za-z0-9_-]{1,64}\Z")
+_CANONICAL_INT = re.compile(r"(0|-?[1-9][0-9]{0,18})\Z")
+
+
+def parse_key(value: object) -> ObjectKey:
+    """``value`` as a project or actor key, in its one canonical form.
+
+    A UUID stays a UUID and an ``int`` an ``int``; text that reads as a UUID becomes
+    that UUID, text of an integer in canonical form (``"42"``, not ``"042"``) becomes
+    that ``int``, and any other text of 1 to 64 letters, digits, ``-`` or ``_`` stays
+    text. So a key and its text (in the log, in a channel name) turn into each other
+    exactly. Raises ``ValueError`` naming the value otherwise (``bool``, ``float``,
+    other characters, too long).
+    """
+    if isinstance(value, UUID):
+        return value
+    if isinstance(value, int) and not isinstance(value, bool):
+        if -(2**63) <= value < 2**63:
+            return value
+        raise ValueError(f"{value!r} is not a valid key: integers must fit in 64 bits")
+    if isinstance(value, str):
+        if _CANONICAL_INT.match(value) and -(2**63) <= int(value) < 2**63:
+            return int(value)
+        if len(value) in (32, 36):
+            try:
+                return UUID(value)
+            except ValueError:
+                pass
+        if _KEY_TEXT.match(value):
+            return value
+    raise ValueError(
+        f"{value!r} is not a valid key: use a UUID, an integer, or 1 to 64 letters, digits, "
+        "'-' or '_'"
+    )
+
+
+def key_text(key: ObjectKey) -> str:
+    """The canonical text of a key (what the log stores): ``parse_key`` reads it back."""
+    return str(key)
+
+
+def key_slug(key: ObjectKey) -> str:
+    """The key as it appears in a channel name (a UUID as 32 hex digits)."""
+    return key.hex if isinstance(key, UUID) else str(key)

@@ -78,7 +78,7 @@ def _insert(event: Event[Any], payload: bytes, using: str) -> None:
 def _preparers() -> list[Callable[[Any, Any], Any] | None]:
     # UUIDs and datetimes need the backend's form; the rest (text) goes in as it is,
     # the payload as JSON text already.
-    prepared = {"id", "timestamp", "project_id", "actor_id", "correlation_id", "causation_id"}
+    prepared = {"id", "timestamp", "correlation_id", "causation_id"}
     return [
         cast("Field[Any, Any]", EventRecord._meta.get_field(column)).get_db_prep_save
         if column in prepared

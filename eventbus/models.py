@@ -9,6 +9,7 @@ from django.utils.translation import gettext_lazy as _
 
 from .catalog import catalog
 from .envelope import ActorType, Event
+from .ids import key_text, parse_key
 
 
 class DeliveryStatus(models.TextChoices):
@@ -27,8 +28,10 @@ class EventRecord(models.Model):
     id = models.UUIDField(primary_key=True, editable=False)
     type = models.CharField(max_length=200)
     timestamp = models.DateTimeField()
-    project_id = models.UUIDField(null=True, blank=True)
-    actor_id = models.UUIDField(null=True, blank=True)
+    # Keys as canonical text (eventbus.ids.key_text): a UUID, an integer or a short string.
+    # NULL is "no project/actor"; "" is not a key, so it never means that.
+    project_id = models.CharField(max_length=64, null=True, blank=True)  # noqa: DJ001
+    actor_id = models.CharField(max_length=64, null=True, blank=True)  # noqa: DJ001
     actor_type = models.CharField(
         max_length=10, choices=[(a.value, a.value) for a in ActorType], default=ActorType.SYSTEM
     )
@@ -110,8 +113,8 @@ def event_from_columns(
             "id": id,
             "type": entry.member,
             "timestamp": timestamp,
-            "project_id": project_id,
-            "actor_id": actor_id,
+            "project_id": None if project_id is None else parse_key(project_id),
+            "actor_id": None if actor_id is None else parse_key(actor_id),
             "actor_type": ActorType(actor_type),
             "payload": entry.payload_model.model_validate(payload),
             "correlation_id": correlation_id,
@@ -126,8 +129,8 @@ def event_to_columns(event: Event[Any], payload: Any) -> dict[str, Any]:
         "id": event.id,
         "type": event.type.value,
         "timestamp": event.timestamp,
-        "project_id": event.project_id,
-        "actor_id": event.actor_id,
+        "project_id": None if event.project_id is None else key_text(event.project_id),
+        "actor_id": None if event.actor_id is None else key_text(event.actor_id),
         "actor_type": event.actor_type.value,
         "payload": payload,
         "correlation_id": event.correlation_id,

@@ -6,6 +6,7 @@ from collections.abc import Callable
 
 from .bus import get_event_bus
 from .channel_names import project_of
+from .ids import key_text
 from .models import EVENT_COLUMNS, EventRecord, event_from_columns
 from .wire import public_json
 
@@ -23,8 +24,9 @@ def load_replay(
         return [], "since_unknown"
     bus = get_event_bus()
     rows = EventRecord.objects.filter(sequence__gt=anchor).order_by("sequence")
-    if channel.startswith("eventbus.project."):
-        rows = rows.filter(project_id=project_of(channel))
+    project = project_of(channel)
+    if project is not None:
+        rows = rows.filter(project_id=key_text(project))
     found: list[tuple[str, str, str]] = []
     for row in rows.values_list(*EVENT_COLUMNS).iterator(chunk_size=500):
         event_type = row[1]

@@ -99,12 +99,16 @@ BAD_EMITS = [
         r"over the limit of 65536",
     ),
     (
-        ["order.deleted", "--payload", '{"order_id": 1}', "--project", "nope"],
-        r"--project 'nope' is not a UUID",
+        ["order.deleted", "--payload", '{"order_id": 1}', "--project", "no pe"],
+        r"--project: 'no pe' is not a valid key: use a UUID, an integer, or 1 to 64 letters",
     ),
     (
-        ["order.deleted", "--payload", '{"order_id": 1}', "--actor-id", "12"],
-        r"--actor-id '12' is not a UUID",
+        ["order.deleted", "--payload", '{"order_id": 1}', "--actor-id", "a.b"],
+        r"--actor-id: 'a\.b' is not a valid key",
+    ),
+    (
+        ["order.deleted", "--payload", '{"order_id": 1}', "--project", "x" * 65],
+        r"--project: 'x{65}' is not a valid key",
     ),
     (
         ["order.deleted", "--payload", '{"order_id": 1}', "--actor-type", "robot"],
@@ -143,11 +147,11 @@ def test_emit_says_when_the_event_is_not_delivered_yet():
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        ([], "Name at least one channel, or use --project UUID or --agent UUID"),
+        ([], "Name at least one channel, or use --project KEY or --agent KEY"),
         (["bad channel!"], "'bad channel!' is not a valid channel name"),
         ([CHANNEL, "x" * 91], f"'{'x' * 91}' is not a valid channel name"),
-        (["--project", "nope"], "--project 'nope' is not a UUID"),
-        (["--agent", "123"], "--agent '123' is not a UUID"),
+        (["--project", "no pe"], "--project: 'no pe' is not a valid key"),
+        (["--agent", "1.5"], "--agent: '1.5' is not a valid key"),
         ([CHANNEL, "--max-events", "0"], "--max-events must be at least 1"),
         ([CHANNEL, "--max-seconds", "0"], "--max-seconds must be more than 0"),
         ([CHANNEL, "--format", "xml"], "invalid choice: 'xml'"),

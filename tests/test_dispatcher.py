@@ -2,7 +2,7 @@ import asyncio
 import dataclasses
 import logging
 from typing import Any
-from uuid import uuid4
+from uuid import UUID, uuid4
 
 import pytest
 from django.dispatch import receiver
@@ -170,8 +170,13 @@ def test_payload_of_the_wrong_kind_is_refused(dispatcher, payload, message):
 @pytest.mark.parametrize(
     ("options", "field"),
     [
-        ({"project_id": "not-a-uuid"}, "project_id"),
-        ({"actor_id": 12}, "actor_id"),
+        ({"project_id": "not a key"}, "project_id: 'not a key' is not a valid key"),
+        ({"project_id": "x" * 65}, "project_id"),
+        ({"project_id": 1.5}, "project_id"),
+        ({"project_id": True}, "project_id"),
+        ({"project_id": 2**64}, "project_id: .* integers must fit in 64 bits"),
+        ({"actor_id": "a.b"}, "actor_id"),
+        ({"actor_id": b"bytes"}, "actor_id"),
         ({"actor_type": "robot"}, "actor_type"),
         ({"actor_type": ["user"]}, "actor_type"),
         ({"correlation_id": "zzz"}, "correlation_id"),
@@ -180,6 +185,23 @@ def test_payload_of_the_wrong_kind_is_refused(dispatcher, payload, message):
 def test_bad_envelope_fields_are_refused(dispatcher, options, field):
     with pytest.raises(EventSchemaError, match=field):
         dispatcher.publish(ShopEvent.ORDER_PLACED, PLACED, **options)
+
+
+@pytest.mark.parametrize(
+    ("given", "held"),
+    [
+        (42, 42),
+        ("42", 42),
+        ("042", "042"),
+        ("team-7", "team-7"),
+        ("B3A2E4A4-6A1B-4D0E-9C2A-0A7C4E1B2D3F", UUID("b3a2e4a4-6a1b-4d0e-9c2a-0a7c4e1b2d3f")),
+    ],
+)
+def test_integer_and_string_keys_are_held_in_one_canonical_form(dispatcher, given, held):
+    event = dispatcher.publish(ShopEvent.ORDER_PLACED, PLACED, project_id=given, actor_id=given)
+    assert (event.project_id, event.actor_id) == (held, held)
+    assert type(event.project_id) is type(held)
+    assert Event.model_validate_json(event.model_dump_json()) == event
 
 
 def test_envelope_options_are_carried(dispatcher):

@@ -26,7 +26,7 @@ def test_row_is_written_with_every_envelope_field(dispatcher):
     row = EventRecord.objects.get(id=event.id)
     assert row.type == "note.added"
     assert row.timestamp == event.timestamp
-    assert (row.project_id, row.actor_id, row.actor_type) == (project, actor, "user")
+    assert (row.project_id, row.actor_id, row.actor_type) == (str(project), str(actor), "user")
     assert row.payload == {
         "note_id": str(NOTE["note_id"]),
         "text": "hello",

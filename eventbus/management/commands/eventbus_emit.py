@@ -1,13 +1,12 @@
 import json
 from typing import Any
-from uuid import UUID
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from eventbus import ActorType, publish
 from eventbus.catalog import catalog
 from eventbus.exceptions import EventSchemaError, PayloadTooLargeError, UnknownEventTypeError
-from eventbus.ids import parse_uuid
+from eventbus.ids import ObjectKey, parse_key
 from eventbus.models import DeliveryStatus, EventRecord
 
 
@@ -22,8 +21,8 @@ class Command(BaseCommand):
         parser.add_argument(
             "--payload", required=True, metavar="JSON", help="A JSON object, e.g. '{\"id\": 1}'."
         )
-        parser.add_argument("--project", metavar="UUID", help="The event's project_id.")
-        parser.add_argument("--actor-id", metavar="UUID", help="The event's actor_id.")
+        parser.add_argument("--project", metavar="KEY", help="The event's project_id.")
+        parser.add_argument("--actor-id", metavar="KEY", help="The event's actor_id.")
         parser.add_argument(
             "--actor-type",
             choices=[actor.value for actor in ActorType],
@@ -42,8 +41,8 @@ class Command(BaseCommand):
             raise CommandError(f"--payload is not valid JSON: {exc}.") from exc
         if not isinstance(payload, dict):
             raise CommandError(f"--payload must be a JSON object, not {type(payload).__name__}.")
-        project_id = _uuid("--project", options["project"])
-        actor_id = _uuid("--actor-id", options["actor_id"])
+        project_id = _key("--project", options["project"])
+        actor_id = _key("--actor-id", options["actor_id"])
         try:
             event = publish(
                 event_type,
@@ -66,10 +65,10 @@ class Command(BaseCommand):
             )
 
 
-def _uuid(option: str, text: str | None) -> UUID | None:
+def _key(option: str, text: str | None) -> ObjectKey | None:
     if text is None:
         return None
     try:
-        return parse_uuid(text)
-    except ValueError:
-        raise CommandError(f"{option} {text!r} is not a UUID.") from None
+        return parse_key(text)
+    except ValueError as exc:
+        raise CommandError(f"{option}: {exc}.") from None

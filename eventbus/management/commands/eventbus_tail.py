@@ -29,14 +29,14 @@ class Command(BaseCommand):
             "--project",
             action="append",
             default=[],
-            metavar="UUID",
+            metavar="KEY",
             help="Follow this project's channel (repeatable).",
         )
         parser.add_argument(
             "--agent",
             action="append",
             default=[],
-            metavar="UUID",
+            metavar="KEY",
             help="Follow this agent's channel (repeatable).",
         )
         parser.add_argument(
@@ -90,7 +90,7 @@ class Command(BaseCommand):
 def _channels(names: list[str], projects: list[str], agents: list[str]) -> list[str]:
     """The channels to follow, in the order given, each once; CommandError names a bad one."""
     if not (names or projects or agents):
-        raise CommandError("Name at least one channel, or use --project UUID or --agent UUID.")
+        raise CommandError("Name at least one channel, or use --project KEY or --agent KEY.")
     channels = []
     for name in names:
         try:
@@ -104,8 +104,8 @@ def _channels(names: list[str], projects: list[str], agents: list[str]) -> list[
         for text in ids:
             try:
                 channels.append(channel_of(text))
-            except ValueError:
-                raise CommandError(f"{option} {text!r} is not a UUID.") from None
+            except ValueError as exc:
+                raise CommandError(f"{option}: {exc}.") from None
     return list(dict.fromkeys(channels))
 
 
