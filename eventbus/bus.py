@@ -21,7 +21,7 @@ from django.core.exceptions import ImproperlyConfigured
 from django.utils.module_loading import import_string
 from pydantic import TypeAdapter, ValidationError
 
-from . import conf
+from . import _redis, conf
 from .catalog import catalog
 from .envelope import ActorType, Event
 from .exceptions import InvalidChannelError
@@ -120,7 +120,7 @@ class EventBus:
             raise ImproperlyConfigured(
                 f"eventbus needs the channel layer {alias!r} in settings.CHANNEL_LAYERS."
             )
-        return layer
+        return _redis.configure(layer)
 
     @staticmethod
     def get_project_channel(project_id: UUID | str) -> str:
