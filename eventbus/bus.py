@@ -14,7 +14,7 @@ from channels.layers import BaseChannelLayer, get_channel_layer
 from django.core.exceptions import ImproperlyConfigured
 from django.utils.module_loading import import_string
 
-from . import conf
+from . import _redis, conf
 from .catalog import CatalogEntry, catalog
 from .channel_names import (
     agent_channel,
@@ -45,7 +45,7 @@ class EventBus:
             raise ImproperlyConfigured(
                 f"eventbus needs the channel layer {alias!r} in settings.CHANNEL_LAYERS."
             )
-        return layer
+        return _redis.configure(layer)
 
     @staticmethod
     def get_project_channel(project_id: ObjectKey) -> str:

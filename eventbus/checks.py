@@ -14,7 +14,7 @@ from django.conf import settings as django_settings
 from django.core.checks import CheckMessage, Error, Tags, Warning, register
 from django.utils.module_loading import import_string
 
-from . import bridge, conf
+from . import _redis, bridge, conf
 from .catalog import catalog
 from .dispatcher import get_event_dispatcher
 from .exceptions import CatalogConflictError, UnknownEventTypeError
@@ -37,7 +37,7 @@ E014 = "eventbus.E014"  # a numeric setting is not a positive number
 W001 = "eventbus.W001"  # CATALOGS is empty
 W002 = "eventbus.W002"  # a payload model is not frozen
 W003 = "eventbus.W003"  # no AUTHORIZE hook
-W004 = "eventbus.W004"  # channels_redis with redis-py 8 and no explicit socket_timeout
+W004 = "eventbus.W004"  # another RedisChannelLayer alias with redis-py 8 and no socket_timeout
 
 _NUMBERS = (
     "MAX_PAYLOAD_BYTES",
@@ -250,43 +250,42 @@ def model_events_messages(declaration: type[bridge.ModelEvents]) -> list[CheckMe
     return messages
 
 
-_REDIS_LAYERS = (
-    "channels_redis.core.RedisChannelLayer",
-    "channels_redis.pubsub.RedisPubSubChannelLayer",
-)
-
-
-def _has_socket_timeout(host: Any) -> bool:
-    if isinstance(host, str):
-        return "socket_timeout=" in host
-    if isinstance(host, dict):
-        return "socket_timeout" in host or _has_socket_timeout(host.get("address", ""))
-    return False  # a (host, port) pair takes the client's defaults
-
-
 def check_redis_client(
     app_configs: Sequence[AppConfig] | None = None, **kwargs: Any
 ) -> list[CheckMessage]:
-    """redis-py 8 gives every socket a 5 s timeout, which ends idle blocking reads."""
+    """redis-py 8's 5 s socket timeout cuts RedisChannelLayer's 5 s blocking reads.
+
+    eventbus gives its own layer a longer timeout (``_redis.configure``); this warns about
+    the other RedisChannelLayer aliases, which eventbus does not touch.
+    """
     try:
-        import redis
+        from channels_redis.core import RedisChannelLayer
     except ImportError:
         return []
-    if int(str(redis.__version__).split(".")[0]) < 8:
+    if _redis.redis_major() < 8:
         return []
     messages: list[CheckMessage] = []
+    own_alias = conf.get_settings().CHANNEL_LAYER
     for alias, config in (getattr(django_settings, "CHANNEL_LAYERS", None) or {}).items():
-        if config.get("BACKEND") not in _REDIS_LAYERS:
+        if alias == own_alias or not isinstance(config, dict):
             continue
-        hosts = config.get("CONFIG", {}).get("hosts") or ["redis://localhost:6379"]
-        if not all(_has_socket_timeout(host) for host in hosts):
+        try:
+            backend = import_string(config.get("BACKEND", ""))
+        except ImportError:
+            continue
+        if not (isinstance(backend, type) and issubclass(backend, RedisChannelLayer)):
+            continue
+        hosts = (config.get("CONFIG") or {}).get("hosts") or ["redis://localhost:6379"]
+        if not all(_redis.has_socket_timeout(host) for host in hosts):
             messages.append(
                 Warning(
-                    f"CHANNEL_LAYERS[{alias!r}] uses channels_redis with redis-py "
-                    f"{redis.__version__}, whose 5 s default socket timeout ends idle "
-                    "blocking reads: WebSocket consumers crash every 5 s without events.",
-                    hint="Give every host an explicit timeout, e.g. "
-                    "{'address': 'redis://…', 'socket_timeout': None}, or install redis<8.",
+                    f"CHANNEL_LAYERS[{alias!r}] uses RedisChannelLayer with redis-py 8, whose "
+                    "5 s default socket timeout is as long as the layer's blocking read: an "
+                    "idle receive() raises redis TimeoutError after 5 s without a message "
+                    "(channels_redis#422), which ends a Channels consumer reading this layer. "
+                    f"eventbus sets a longer timeout only on its own layer ({own_alias!r}).",
+                    hint="Give each host an explicit timeout longer than 5 s, e.g. "
+                    "{'address': 'redis://…', 'socket_timeout': 10}.",
                     id=W004,
                 )
             )

@@ -4,7 +4,8 @@
 # For each supported pair, Python 3.11 + Django 5.2 and Python 3.12 + Django 6 (requirements.txt
 # picks Django by interpreter), it runs the suite on SQLite, then the tests marked db_heavy or
 # postgres on PostgreSQL (127.0.0.1:5432 unless EVENTBUS_PG_HOST/PORT/USER say otherwise, as
-# in tests/settings.py); then ruff and mypy once. Pytest args go to every pytest run.
+# in tests/settings.py); then, once, the built wheel installed as users get it
+# (tests/install), ruff and mypy. Pytest args go to every pytest run.
 # It installs redis-server and chromium with apt-get when they are missing.
 #
 # Off CI, a missing interpreter, package or PostgreSQL is reported and skipped. With CI=true
@@ -170,7 +171,24 @@ for version in ${EVENTBUS_PYTHONS:-3.11 3.12}; do
     fi
 done
 
+# What users install: the wheel with its [redis] extra in a fresh virtualenv, running a
+# project made of the README's Install blocks (tests/install/check.py; about 30-60 s).
+install_check() {
+    local python=$1 output rc=0
+    if ! command -v "${EVENTBUS_REDIS_SERVER:-redis-server}" >/dev/null; then
+        missing "redis-server not installed" "the install check is skipped"
+        return 0
+    fi
+    echo
+    echo "==> the installed wheel: tests/install"
+    output=$("$python" -m tests.install.check 2>&1) || rc=$?
+    printf '%s\n' "$output"
+    output=$(grep -m 1 '^install: ' <<<"$output") || output="install: FAIL: no result line"
+    if ((rc == 0)); then record ok "${output#install: PASS: }"; else record FAIL "$output"; fi
+}
+
 if [[ -n $lint_python ]]; then
+    install_check "$lint_python"
     echo
     echo "==> ruff and mypy ($("$lint_python" -V))"
     if "$lint_python" -m ruff check eventbus project tests bench; then

@@ -165,22 +165,49 @@ def test_missing_channel_layers_setting_is_e012():
         assert ids(run_checks()) == ["eventbus.E012"]
 
 
+CORE = "channels_redis.core.RedisChannelLayer"
+
+
 @pytest.mark.parametrize(
-    ("version", "hosts", "expected"),
+    ("version", "layers", "expected"),
     [
-        ("8.1.0", ["redis://127.0.0.1:6379/0"], ["eventbus.W004"]),
-        ("8.1.0", [("127.0.0.1", 6379)], ["eventbus.W004"]),
-        ("8.1.0", ["redis://127.0.0.1:6379/0?socket_timeout=10"], []),
-        ("8.1.0", [{"address": "redis://127.0.0.1:6379", "socket_timeout": None}], []),
-        ("7.4.0", ["redis://127.0.0.1:6379/0"], []),
+        # eventbus's own layer gets its timeout from eventbus: nothing to warn about.
+        ("8.1.0", {"default": ["redis://127.0.0.1:6379/0"]}, []),
+        ("8.1.0", {"default": [("127.0.0.1", 6379)]}, []),
+        # Another RedisChannelLayer, without a timeout of its own, is cut every 5 s.
+        ("8.1.0", {"default": [], "chat": ["redis://127.0.0.1:6379/1"]}, ["eventbus.W004"]),
+        ("8.1.0", {"default": [], "chat": [("127.0.0.1", 6379)]}, ["eventbus.W004"]),
+        ("8.1.0", {"default": [], "chat": []}, ["eventbus.W004"]),
+        ("8.1.0", {"default": [], "chat": ["redis://127.0.0.1:6379/0?socket_timeout=10"]}, []),
+        (
+            "8.1.0",
+            {"default": [], "chat": [{"address": "redis://h:6379", "socket_timeout": None}]},
+            [],
+        ),
+        ("7.4.0", {"default": [], "chat": ["redis://127.0.0.1:6379/0"]}, []),
     ],
 )
-def test_redis_py_8_without_socket_timeout_warns(monkeypatch, version, hosts, expected):
+def test_redis_py_8_warns_about_other_core_layers_without_socket_timeout(
+    monkeypatch, version, layers, expected
+):
     import redis
 
     monkeypatch.setattr(redis, "__version__", version)
-    layers = {
-        "default": {"BACKEND": "channels_redis.core.RedisChannelLayer", "CONFIG": {"hosts": hosts}}
+    channel_layers = {
+        alias: {"BACKEND": CORE, "CONFIG": {"hosts": hosts}} for alias, hosts in layers.items()
     }
-    with override_settings(CHANNEL_LAYERS=layers):
+    with override_settings(CHANNEL_LAYERS=channel_layers):
         assert ids(run_checks()) == expected
+
+
+def test_redis_py_8_does_not_warn_about_the_pubsub_layer(monkeypatch):
+    """The pub/sub layer polls every 0.1 s: no read of it waits as long as the timeout."""
+    import redis
+
+    monkeypatch.setattr(redis, "__version__", "8.1.0")
+    pubsub = {
+        "BACKEND": "channels_redis.pubsub.RedisPubSubChannelLayer",
+        "CONFIG": {"hosts": ["redis://127.0.0.1:6379"]},
+    }
+    with override_settings(CHANNEL_LAYERS={"default": pubsub, "chat": pubsub}):
+        assert ids(run_checks()) == []
