@@ -64,7 +64,7 @@ async def test_an_idle_fanout_and_subscription_keep_the_layer_and_still_receive(
                 event = get_event_dispatcher().build(
                     ShopEvent.ORDER_PLACED, {"order_id": 1, "title": "after the idle"}
                 )
-                await bus.publish(channel, event)
+                await bus.send(channel, event)
                 assert await asyncio.wait_for(anext(events), 5) == event
                 await asyncio.wait_for(member.arrived.wait(), 5)
         finally:
