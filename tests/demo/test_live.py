@@ -8,6 +8,8 @@ scripts/demo.sh does: the flow runs in the server process, which also streams it
 from __future__ import annotations
 
 import io
+import re
+import time
 from typing import TYPE_CHECKING, Any
 from uuid import uuid4
 
@@ -24,7 +26,7 @@ from project.demo.authorization import may_subscribe
 from project.demo.models import Agent, Project
 
 if TYPE_CHECKING:
-    from playwright.sync_api import Page
+    from playwright.sync_api import Browser, Page
 
     from tests.fixtures_services import AsgiServerFactory
     from tests.services import AsgiServer
@@ -137,14 +139,19 @@ def start_demo(factory: AsgiServerFactory) -> AsgiServer:
     )
 
 
-def open_live(page: Page, server: AsgiServer, username: str, query: str = "") -> None:
-    """Sign ``username`` in (a session cookie), open /live/ and wait until it streams."""
+def sign_in(page: Page, server: AsgiServer, username: str) -> None:
+    """Sign ``username`` in: a session cookie in the page's browser context."""
     client = Client()
     client.force_login(user(username))
     cookie = settings.SESSION_COOKIE_NAME
     page.context.add_cookies(
         [{"name": cookie, "value": client.cookies[cookie].value, "url": server.url}]
     )
+
+
+def open_live(page: Page, server: AsgiServer, username: str, query: str = "") -> None:
+    """Sign ``username`` in (a session cookie), open /live/ and wait until it streams."""
+    sign_in(page, server, username)
     page.goto(f"{server.url}/live/{query}")
     page.locator("#status[data-state=open]").wait_for(timeout=5_000)
 
@@ -209,3 +216,57 @@ def test_a_non_member_cannot_watch_another_project(
     # Bob's socket is still up, and none of Apollo's events reached it.
     assert bob.text_content("#status") == "live"
     assert shown_types(bob) == []
+
+
+
+def requests_logged(server: AsgiServer) -> list[tuple[str, int]]:
+    """(path, status) of each HTTP request in the server's access log."""
+    return [
+        (path, int(status))
+        for path, status in re.findall(r'"GET (\S+)" (\d{3}) ', server.log_text())
+    ]
+
+
+@pytest.mark.browser
+@pytest.mark.django_db(transaction=True)
+def test_no_page_requests_a_missing_favicon(
+    demo: dict[str, Project], chromium_browser: Browser, asgi_server_factory: AsgiServerFactory
+) -> None:
+    """Browsers ask each site for an icon; a 404 for it lands in the log of every page.
+
+    Chromium fetches icons outside the page (Playwright does not see the request) and
+    remembers them per profile: each page gets a fresh context and the server's log tells.
+    """
+    server = start_demo(asgi_server_factory)
+    pages = [
+        ("", "/accounts/login/"),
+        ("alice", "/live/"),
+        ("alice", "/"),
+        ("admin", "/admin/"),
+        ("admin", "/admin/eventbus/eventrecord/"),
+    ]
+
+    def icon_requests() -> int:
+        return len([path for path, _ in requests_logged(server) if "favicon" in path])
+
+    not_found: list[str] = []
+    silent: list[str] = []  # pages for which Chromium asked for no icon
+    for username, path in pages:
+        context = chromium_browser.new_context()
+        try:
+            page = context.new_page()
+            page.on("response", lambda r: not_found.append(r.url) if r.status == 404 else None)
+            asked = icon_requests()
+            if username:
+                sign_in(page, server, username)
+            page.goto(f"{server.url}{path}")
+            deadline = time.monotonic() + 5
+            while icon_requests() == asked and time.monotonic() < deadline:
+                page.wait_for_timeout(50)
+            if icon_requests() == asked:
+                silent.append(path)
+        finally:
+            context.close()
+    assert [(path, s) for path, s in requests_logged(server) if s == 404] == []
+    assert not_found == []
+    assert silent == []  # else this test proved nothing for those pages
