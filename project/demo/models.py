@@ -50,7 +50,7 @@ class Ticket(models.Model):
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
-        ordering = ["-created_at"]  # a list, as in the migration: a tuple reads as a change
+        ordering = ("-created_at",)
 
     def __str__(self) -> str:
         return self.title
