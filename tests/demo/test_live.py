@@ -150,7 +150,9 @@ def test_the_resume_point_is_a_few_events_back_in_the_projects_log(
     assert views.resume_point(apollo.pk) == str(second.pk)
 
 
-def test_only_a_members_projects_get_a_resume_point(demo: dict[str, Project], client: Client) -> None:
+def test_only_a_members_projects_get_a_resume_point(
+    demo: dict[str, Project], client: Client
+) -> None:
     apollo, borealis = demo["Apollo"], demo["Borealis"]
     mine, theirs = logged(apollo, 1), logged(borealis, 2)
     client.force_login(user("alice"))
@@ -302,7 +304,6 @@ def test_a_reload_shows_the_projects_recent_events_in_order(
     # A third flow joins below the replayed ones, and nothing shows twice.
     assert run_flow_and_wait(chromium_page) == FLOW
     assert len(set(reloaded.evaluate_all("rows => rows.map(r => r.dataset.id)"))) == len(ids) + 6
-
 
 
 def requests_logged(server: AsgiServer) -> list[tuple[str, int]]:
