@@ -107,8 +107,8 @@ class _ReadOnlyAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
 class EventTypeFilter(admin.SimpleListFilter):
     """The types present in the log, each with its count, catalog or not.
 
-    One ``GROUP BY type`` over the whole log per page, which the (type, timestamp)
-    index serves without reading rows; the other filters do not narrow the counts.
+    One ``GROUP BY type`` over the whole log per page, which can be read from the
+    (type, timestamp) index alone; the other filters do not narrow the counts.
     """
 
     title = _("type")
