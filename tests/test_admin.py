@@ -1,18 +1,29 @@
 """The admin, through HTTP: a read-only event log with its chains, re-delivery and failures."""
 
+from __future__ import annotations
+
+import re
 from datetime import UTC, datetime, timedelta
 from html.parser import HTMLParser
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 from uuid import UUID, uuid4
 
 import pytest
+from django.conf import settings
 from django.contrib.auth.models import Permission
 from django.db import connection
+from django.test import Client
 from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
 
 from eventbus import admin as eventbus_admin
 from eventbus.models import DeliveryStatus, EventRecord, HandlerFailure
+
+if TYPE_CHECKING:
+    from playwright.sync_api import Page
+
+    from tests.fixtures_services import AsgiServerFactory
 
 pytestmark = [pytest.mark.django_db, pytest.mark.db_heavy]
 
@@ -58,6 +69,11 @@ def viewer(client, django_user_model):
 # -- the list ------------------------------------------------------------------
 
 
+def short(uuid: UUID) -> str:
+    """A UUID as the list shows it."""
+    return f'<span class="eventbus-id" title="{uuid}">…{uuid.hex[-8:]}</span>'
+
+
 def test_changelist_lists_events_with_their_columns(admin_client):
     project, actor = uuid4(), uuid4()
     placed = make(project_id=project, actor_type="user", actor_id=actor, attempts=3)
@@ -68,11 +84,48 @@ def test_changelist_lists_events_with_their_columns(admin_client):
     assert response.status_code == 200
     content = response.content.decode()
     for record in (placed, closed):
-        assert change_url(record) in content
-    assert str(project) in content
-    assert f"user {actor}" in content
+        assert f'<a href="{change_url(record)}"><span title="{record.pk}">' in content
+    assert f'<td class="field-project">{short(project)}</td>' in content
+    assert f'<td class="field-actor">user {short(actor)}</td>' in content
+    assert str(actor) not in content.replace(f'title="{actor}"', "")  # only in the title
     assert "order.closed" in content
-    assert '<td class="field-attempts">3</td>' in content
+    assert '<td class="field-delivery">pending, 3 attempts</td>' in content
+    assert (
+        '<td class="field-when"><time datetime="2024-03-05T12:00:00+00:00"'
+        ' title="2024-03-05 12:00:00+00:00">03/05/2024 12:00:00</time></td>'
+    ) in content
+
+
+def test_the_actor_is_its_type_and_short_id_when_there_is_one(admin_client):
+    agent = uuid4()
+    make(actor_type="agent", actor_id=agent)  # published with actor_id=agent.pk
+    make(actor_type="agent")  # from an agent's model change: no actor id
+    make(actor_type="system")
+
+    content = admin_client.get(reverse(CHANGELIST)).content.decode()
+
+    actors = re.findall(r'<td class="field-actor">(.*?)</td>', content)
+    assert sorted(actors) == sorted([f"agent {short(agent)}", "agent", "system"])
+
+
+@pytest.mark.parametrize(
+    ("value", "shown"),
+    [
+        (UUID("0192f4c6-7d1e-7a3b-9c2d-1e2f3a4b5c6d"), "…3a4b5c6d"),  # a UUIDv7: its end differs
+        ("0192f4c67d1e7a3b9c2d1e2f3a4b5c6d", "…3a4b5c6d"),  # a UUID stored as a string
+        (42, "42"),
+        ("42", "42"),
+        ("acme-eu", "acme-eu"),
+        ("tenant-" + "x" * 40, "tenant-xxxxxxxx…"),
+        (None, ""),
+        ("", ""),
+    ],
+)
+def test_ids_are_shortened_only_when_long(value, shown):
+    html = eventbus_admin._short_id(value)
+
+    assert re.sub(r"<[^>]+>", "", html) == shown
+    assert (f'title="{value}"' in html) == (shown not in ("", str(value)))
 
 
 @pytest.mark.parametrize(
@@ -90,11 +143,30 @@ def test_each_filter_narrows_the_list(admin_client, param, value, match, other):
     assert listed(admin_client, **{param: value}) == {wanted.pk}
 
 
-def test_type_filter_offers_the_logged_catalog_types(admin_client):
-    content = admin_client.get(reverse(CHANGELIST)).content.decode()
+def type_choices(client, **params: str) -> list[tuple[str, str]]:
+    """The type filter's (link, label) pairs, in page order."""
+    content = client.get(reverse(CHANGELIST), params).content.decode()
+    by_type = content.split("By type")[1].split("</ul>")[0]
+    return re.findall(r'<a href="\?([^"]*)">(.*?)</a>', by_type)
 
-    assert "?type=order.placed" in content
-    assert "?type=metric.sampled" not in content  # EventSpec(log=False): never in the log
+
+def test_type_filter_lists_the_types_in_the_log_with_counts(admin_client):
+    make(), make(), make(type="order.closed"), make(type="legacy.gone")  # not in the catalog
+
+    assert type_choices(admin_client) == [
+        ("", "All"),
+        ("type=legacy.gone", "legacy.gone (1)"),
+        ("type=order.closed", "order.closed (1)"),
+        ("type=order.placed", "order.placed (2)"),
+    ]  # order.deleted, note.added, …: in the catalog, never published
+
+
+def test_type_filter_keeps_a_chosen_type_that_is_gone(admin_client):
+    make()
+
+    assert ("type=order.closed", "order.closed (0)") in type_choices(
+        admin_client, type="order.closed"
+    )
 
 
 def test_date_filter_and_date_hierarchy_narrow_the_list(admin_client):
@@ -224,6 +296,20 @@ def test_detail_shows_the_chain_as_a_tree_with_this_event_highlighted(admin_clie
     assert list(chain.parents) == [url(e) for e in (root, child, grandchild, sibling, orphan)]
     assert chain.current == [url(child)]
     assert url(stranger) not in chain.parents
+
+
+def test_chain_shows_readable_times(admin_client):
+    root = make(timestamp=datetime(2024, 3, 5, 12, 0, 7, 250_000, tzinfo=UTC))
+
+    content = admin_client.get(change_url(root)).content.decode()
+
+    chain = content.split('<ul class="eventbus-chain">')[1]
+    assert (
+        '<time datetime="2024-03-05T12:00:07.250000+00:00"'
+        ' title="2024-03-05 12:00:07.250000+00:00">03/05/2024 12:00:07</time>'
+    ) in chain
+    text = re.sub(r"<[^>]+>", "", chain)  # what the page shows: no ISO, no milliseconds
+    assert "03/05/2024 12:00:07 · pending" in text and ".250" not in text and "T12" not in text
 
 
 def test_chain_escapes_what_it_shows(admin_client):
@@ -440,3 +526,89 @@ def test_handler_failures_search_and_filter(admin_client):
     assert found(q="nothing") == set()
     assert found(handler="shop.handlers.notify") == {mine.pk}
     assert found(event_type="order.placed") == {mine.pk, theirs.pk}
+
+
+# -- in the browser --------------------------------------------------------------------
+
+SCREENSHOT_DIR = Path(__file__).resolve().parent.parent / "test-results"  # gitignored
+
+# For each cell of the list: its text, how many lines it takes, and whether it is clipped.
+MEASURE_CELLS = """
+() => [...document.querySelectorAll("#result_list tbody td, #result_list tbody th")].map(cell => {
+  const range = document.createRange();
+  range.selectNodeContents(cell);
+  const tops = [...range.getClientRects()].filter(r => r.width > 0).map(r => r.top);
+  const lines = tops.sort((a, b) => a - b).filter((top, i, all) => i === 0 || top - all[i - 1] > 4);
+  return {
+    column: cell.className,
+    text: cell.innerText.trim(),
+    lines: lines.length,
+    clipped: cell.scrollWidth > cell.clientWidth + 1,
+  };
+})
+"""
+
+
+def demo_like_log() -> None:
+    """Rows as a busy project logs them, with the longest values the list must show."""
+    project, agent = uuid4(), uuid4()
+    start = datetime(2026, 11, 21, 23, 58, 57, 123000, tzinfo=UTC)
+    flow = [
+        ("triage.finished", "user", None),
+        ("ticket.created", "system", None),
+        ("ticket.assignee_updated", "system", None),
+        ("agent.status_changed", "agent", None),
+        ("agent.message", "agent", agent),
+    ]
+    statuses = [DeliveryStatus.DELIVERED, DeliveryStatus.FAILED, DeliveryStatus.PENDING]
+    for n in range(24):
+        event_type, actor_type, actor_id = flow[n % len(flow)]
+        make(
+            type=event_type,
+            timestamp=start + timedelta(milliseconds=700 * n),
+            project_id=project,
+            actor_type=actor_type,
+            actor_id=actor_id,
+            status=statuses[n % 3],
+            attempts=8 if statuses[n % 3] == DeliveryStatus.FAILED else 1,
+        )
+
+
+@pytest.mark.browser
+@pytest.mark.django_db(transaction=True)
+def test_the_list_fits_a_1280_px_screen(
+    admin_user: Any, chromium_page: Page, asgi_server_factory: AsgiServerFactory
+) -> None:
+    demo_like_log()
+    server = asgi_server_factory(
+        env={"EVENTBUS_TEST_DB_NAME": str(connection.settings_dict["NAME"])}
+    )
+    client = Client()
+    client.force_login(admin_user)
+    cookie = settings.SESSION_COOKIE_NAME
+    page = chromium_page
+    page.context.add_cookies(
+        [{"name": cookie, "value": client.cookies[cookie].value, "url": server.url}]
+    )
+    page.set_viewport_size({"width": 1280, "height": 800})
+    page.goto(f"{server.url}{reverse(CHANGELIST)}")
+    page.locator("#result_list").wait_for()
+    SCREENSHOT_DIR.mkdir(exist_ok=True)
+    page.screenshot(path=SCREENSHOT_DIR / "admin-event-log-1280.png")
+
+    assert page.evaluate(
+        "document.documentElement.scrollWidth <= document.documentElement.clientWidth"
+    )
+    table = page.evaluate(
+        "() => { const t = document.querySelector('#result_list');"
+        " return [t.getBoundingClientRect().width, t.parentElement.clientWidth]; }"
+    )
+    assert table[0] <= table[1], f"the table is {table[0]} px wide in {table[1]} px"
+    cells = page.evaluate(MEASURE_CELLS)
+    assert len(cells) >= 24 * 5
+    assert [c for c in cells if c["lines"] > 2 or c["clipped"]] == []
+    times = [
+        c["text"] for c in cells if "field-timestamp" in c["column"] or "field-when" in c["column"]
+    ]
+    assert len(times) == 24
+    assert all(re.search(r"\b\d\d:\d\d:\d\d$", text) for text in times), times[:3]

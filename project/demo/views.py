@@ -9,9 +9,13 @@ from django.views.decorators.http import require_POST
 
 from eventbus import publish
 from eventbus.bus import EventBus
+from eventbus.models import EventRecord
 from project.events import AppEvent, Priority
 
 from .models import Agent, Project
+
+RECENT_EVENTS = 50
+"""How many of a project's events /live/ shows again after a reload."""
 
 TITLES = [
     "Customer cannot reset password",
@@ -50,15 +54,37 @@ def run_flow(request: HttpRequest, project_id: uuid.UUID) -> HttpResponse:
     return redirect(request.POST.get("next") or "demo:index")
 
 
+def resume_point(project_id: uuid.UUID) -> str | None:
+    """Where the live page starts a project's stream: the id it subscribes with as ``since``.
+
+    The event RECENT_EVENTS back in the project's log (in commit order), so the server
+    replays the newest RECENT_EVENTS events after it. ``since`` is exclusive: when the
+    project has fewer, its oldest event is the starting point and is not shown itself.
+    None when nothing of the project is in the log yet (or not yet numbered).
+    """
+    newest_first = (
+        EventRecord.objects.filter(project_id=project_id, sequence__isnull=False)
+        .order_by("-sequence")
+        .values_list("id", flat=True)
+    )
+    ids = list(newest_first[: RECENT_EVENTS + 1])
+    return str(ids[-1]) if ids else None
+
+
 @login_required
 def live(request: HttpRequest) -> HttpResponse:
-    """A project's events as they happen, streamed by static/eventbus/eventbus.js."""
+    """A project's events as they happen, streamed by static/eventbus/eventbus.js.
+
+    The page resumes each of the member's projects from ``resume_point()``, so a reload
+    shows the recent events again, through the same ``since`` replay a reconnect uses.
+    """
     projects = [
         {
             "id": str(project.pk),
             "name": project.name,
             "channel": EventBus.get_project_channel(project.pk),
             "flow_url": reverse("demo:run-flow", args=[project.pk]),
+            "since": resume_point(project.pk),
         }
         for project in request.user.projects.order_by("name")  # type: ignore[union-attr]
     ]
@@ -75,6 +101,7 @@ def live(request: HttpRequest) -> HttpResponse:
                 "name": f"Project {selected[:8]} (not a member)",
                 "channel": EventBus.get_project_channel(selected),
                 "flow_url": "",
+                "since": None,  # a non-member learns nothing of the project's log
             }
         )
     agents = Agent.objects.filter(project__members=request.user)

@@ -1,5 +1,6 @@
 """The demo site's own tests: run with the demo's settings (``--ds=project.settings``)."""
 
+import io
 import uuid
 from datetime import date
 from typing import Any
@@ -115,6 +116,15 @@ def test_demo_payloads_refuse_extra_fields():
 
 def test_demo_system_checks_are_clean(db):  # model checks may open a cursor (JSONField)
     assert [m for m in checks.run_checks() if m.level >= checks.WARNING] == []
+
+
+def test_demo_migrations_are_in_sync(db):  # makemigrations reads the applied history
+    """Every app of the demo, its own included: else migrate warns on each demo.sh after the first."""
+    out = io.StringIO()
+    try:
+        call_command("makemigrations", "--check", "--dry-run", stdout=out)
+    except SystemExit:
+        pytest.fail(f"models and migrations differ:\n{out.getvalue()}")
 
 
 @pytest.fixture

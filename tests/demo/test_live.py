@@ -8,6 +8,8 @@ scripts/demo.sh does: the flow runs in the server process, which also streams it
 from __future__ import annotations
 
 import io
+import re
+import time
 from typing import TYPE_CHECKING, Any
 from uuid import uuid4
 
@@ -18,13 +20,17 @@ from django.contrib.auth.models import AnonymousUser
 from django.core.management import call_command
 from django.db import connection
 from django.test import Client
+from django.utils import timezone
 
 from eventbus.bus import EventBus
+from eventbus.envelope import uuid7
+from eventbus.models import EventRecord
+from project.demo import views
 from project.demo.authorization import may_subscribe
 from project.demo.models import Agent, Project
 
 if TYPE_CHECKING:
-    from playwright.sync_api import Page
+    from playwright.sync_api import Browser, Page
 
     from tests.fixtures_services import AsgiServerFactory
     from tests.services import AsgiServer
@@ -106,10 +112,54 @@ def test_live_page_lists_the_members_projects(demo: dict[str, Project], client: 
             "name": "Apollo",
             "channel": EventBus.get_project_channel(demo["Apollo"].pk),
             "flow_url": f"/projects/{demo['Apollo'].pk}/flow/",
+            "since": None,  # setup's events wait for a commit that this test never makes
         }
     ]
     assert b'from "/static/eventbus/eventbus.js"' in response.content
     assert b'href="/live/"' in client.get("/").content
+
+
+def logged(project: Project | None, sequence: int | None) -> EventRecord:
+    event_id = uuid7()
+    return EventRecord.objects.create(
+        id=event_id,
+        type="agent.terminated",
+        timestamp=timezone.now(),
+        project_id=project.pk if project else None,
+        payload={"agent_id": str(uuid4()), "reason": "test"},
+        correlation_id=event_id,
+        sequence=sequence,
+    )
+
+
+def test_the_resume_point_is_a_few_events_back_in_the_projects_log(
+    demo: dict[str, Project], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(views, "RECENT_EVENTS", 2)
+    apollo, borealis = demo["Apollo"], demo["Borealis"]
+    assert views.resume_point(apollo.pk) is None  # nothing numbered in its log yet
+    first = logged(apollo, 10)
+    assert views.resume_point(apollo.pk) == str(first.pk)  # exclusive: all it can do
+    second = logged(apollo, 11)
+    logged(borealis, 12)
+    logged(None, 13)
+    logged(apollo, 14)
+    logged(apollo, None)  # committed, not numbered yet: it comes live
+    assert views.resume_point(apollo.pk) == str(first.pk)
+    logged(apollo, 15)  # now 11, 14 and 15: the page shows the newest two after 11
+    assert views.resume_point(apollo.pk) == str(second.pk)
+
+
+def test_only_a_members_projects_get_a_resume_point(
+    demo: dict[str, Project], client: Client
+) -> None:
+    apollo, borealis = demo["Apollo"], demo["Borealis"]
+    mine, theirs = logged(apollo, 1), logged(borealis, 2)
+    client.force_login(user("alice"))
+    content = client.get(f"/live/?project={borealis.pk}").content.decode()
+    assert f'data-since="{mine.pk}"' in content
+    assert str(theirs.pk) not in content
+    assert 'data-since=""' in content  # Borealis, which alice may not watch
 
 
 def test_flow_answers_json_when_asked(
@@ -137,32 +187,45 @@ def start_demo(factory: AsgiServerFactory) -> AsgiServer:
     )
 
 
-def open_live(page: Page, server: AsgiServer, username: str, query: str = "") -> None:
-    """Sign ``username`` in (a session cookie), open /live/ and wait until it streams."""
+def sign_in(page: Page, server: AsgiServer, username: str) -> None:
+    """Sign ``username`` in: a session cookie in the page's browser context."""
     client = Client()
     client.force_login(user(username))
     cookie = settings.SESSION_COOKIE_NAME
     page.context.add_cookies(
         [{"name": cookie, "value": client.cookies[cookie].value, "url": server.url}]
     )
+
+
+def open_live(
+    page: Page, server: AsgiServer, username: str, query: str = "", state: str = "open"
+) -> None:
+    """Sign ``username`` in (a session cookie), open /live/ and wait for the badge's ``state``."""
+    sign_in(page, server, username)
     page.goto(f"{server.url}/live/{query}")
-    page.locator("#status[data-state=open]").wait_for(timeout=5_000)
+    page.locator(f"#status[data-state={state}]").wait_for(timeout=5_000)
 
 
 def shown_types(page: Page) -> list[str]:
-    """Event types on the page, oldest first."""
+    """Event types on the page, top to bottom."""
     rows = page.locator("#events tr[data-type]")
-    return rows.evaluate_all("rows => rows.map(row => row.dataset.type)")[::-1]
+    return rows.evaluate_all("rows => rows.map(row => row.dataset.type)")
 
 
-def run_flow_and_wait(page: Page) -> list[str]:
-    page.click("#run-flow")
+def wait_for_rows(page: Page, count: int) -> list[str]:
     page.wait_for_function(
         "count => document.querySelectorAll('#events tr[data-type]').length >= count",
-        arg=len(FLOW),
+        arg=count,
         timeout=5_000,
     )
     return shown_types(page)
+
+
+def run_flow_and_wait(page: Page) -> list[str]:
+    """Run the flow; the types shown after it (the page may have shown events before)."""
+    before = len(shown_types(page))
+    page.click("#run-flow")
+    return wait_for_rows(page, before + len(FLOW))[before:]
 
 
 @pytest.mark.browser
@@ -177,7 +240,7 @@ def test_a_member_sees_the_flow_live(
     assert chromium_page.text_content("#status") == "live"
 
     assert run_flow_and_wait(chromium_page) == FLOW
-    newest = chromium_page.locator("#events tr").first
+    newest = chromium_page.locator("#events tr").last
     agent = Agent.objects.get(project=demo["Apollo"], status="working")
     assert newest.locator(".actor").text_content() == f"agent {agent.name}"
     assert "Picked up" in newest.locator(".summary").text_content()
@@ -195,9 +258,10 @@ def test_a_non_member_cannot_watch_another_project(
     apollo = demo["Apollo"]
     server = start_demo(asgi_server_factory)
     bob = chromium_page  # a member of Borealis only
-    open_live(bob, server, "bob", f"?project={apollo.pk}")
-    bob.locator("#notices li.error").wait_for(timeout=5_000)
+    open_live(bob, server, "bob", f"?project={apollo.pk}", state="refused")
     assert bob.text_content("#notices li.error").startswith("forbidden:")
+    assert bob.text_content("#status") == "refused"  # not a green "live"
+    assert bob.text_content("#events") == "You may not watch this project."  # not "run the flow"
     assert bob.is_disabled("#run-flow")
 
     alice = chromium_page.context.browser.new_context().new_page()  # a member of Apollo
@@ -206,6 +270,90 @@ def test_a_non_member_cannot_watch_another_project(
         assert run_flow_and_wait(alice) == FLOW
     finally:
         alice.context.close()
-    # Bob's socket is still up, and none of Apollo's events reached it.
-    assert bob.text_content("#status") == "live"
+    # None of Apollo's events reached Bob, and the page still says why.
+    assert bob.text_content("#status") == "refused"
     assert shown_types(bob) == []
+    # His own project streams on the same socket: the refusal was for Apollo only.
+    bob.select_option("#project", label="Borealis")
+    bob.locator("#status[data-state=open]").wait_for()
+    assert bob.text_content("#status") == "live"
+    assert wait_for_rows(bob, 2) == ["agent.spawned"] * 2  # Borealis's setup, resumed
+    assert run_flow_and_wait(bob) == FLOW
+
+
+@pytest.mark.browser
+@pytest.mark.django_db(transaction=True)
+def test_a_reload_shows_the_projects_recent_events_in_order(
+    demo: dict[str, Project], chromium_page: Page, asgi_server_factory: AsgiServerFactory
+) -> None:
+    server = start_demo(asgi_server_factory)
+    open_live(chromium_page, server, "alice")
+    setup = shown_types(chromium_page)  # the agents' spawns, but the first: `since` excludes it
+    assert setup == ["agent.spawned"] * 2
+    assert run_flow_and_wait(chromium_page) == FLOW
+    assert run_flow_and_wait(chromium_page) == FLOW
+    ids = chromium_page.locator("#events tr").evaluate_all("rows => rows.map(r => r.dataset.id)")
+
+    chromium_page.reload()
+    assert wait_for_rows(chromium_page, len(ids)) == [*setup, *FLOW, *FLOW]
+    reloaded = chromium_page.locator("#events tr")
+    assert reloaded.evaluate_all("rows => rows.map(r => r.dataset.id)") == ids
+    assert ids == sorted(ids)  # ids are UUIDv7: their order is the order events were made
+    assert chromium_page.text_content("#status") == "live"
+    assert chromium_page.locator("#notices li").count() == 0
+    # A third flow joins below the replayed ones, and nothing shows twice.
+    assert run_flow_and_wait(chromium_page) == FLOW
+    assert len(set(reloaded.evaluate_all("rows => rows.map(r => r.dataset.id)"))) == len(ids) + 6
+
+
+def requests_logged(server: AsgiServer) -> list[tuple[str, int]]:
+    """(path, status) of each HTTP request in the server's access log."""
+    return [
+        (path, int(status))
+        for path, status in re.findall(r'"GET (\S+)" (\d{3}) ', server.log_text())
+    ]
+
+
+@pytest.mark.browser
+@pytest.mark.django_db(transaction=True)
+def test_no_page_requests_a_missing_favicon(
+    demo: dict[str, Project], chromium_browser: Browser, asgi_server_factory: AsgiServerFactory
+) -> None:
+    """Browsers ask each site for an icon; a 404 for it lands in the log of every page.
+
+    Chromium fetches icons outside the page (Playwright does not see the request) and
+    remembers them per profile: each page gets a fresh context and the server's log tells.
+    """
+    server = start_demo(asgi_server_factory)
+    pages = [
+        ("", "/accounts/login/"),
+        ("alice", "/live/"),
+        ("alice", "/"),
+        ("admin", "/admin/"),
+        ("admin", "/admin/eventbus/eventrecord/"),
+    ]
+
+    def icon_requests() -> int:
+        return len([path for path, _ in requests_logged(server) if "favicon" in path])
+
+    not_found: list[str] = []
+    silent: list[str] = []  # pages for which Chromium asked for no icon
+    for username, path in pages:
+        context = chromium_browser.new_context()
+        try:
+            page = context.new_page()
+            page.on("response", lambda r: not_found.append(r.url) if r.status == 404 else None)
+            asked = icon_requests()
+            if username:
+                sign_in(page, server, username)
+            page.goto(f"{server.url}{path}")
+            deadline = time.monotonic() + 5
+            while icon_requests() == asked and time.monotonic() < deadline:
+                page.wait_for_timeout(50)
+            if icon_requests() == asked:
+                silent.append(path)
+        finally:
+            context.close()
+    assert [(path, s) for path, s in requests_logged(server) if s == 404] == []
+    assert not_found == []
+    assert silent == []  # else this test proved nothing for those pages

@@ -46,7 +46,7 @@ class Migration(migrations.Migration):
                 ('project', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='tickets', to='demo.project')),
             ],
             options={
-                'ordering': ['-created_at'],
+                'ordering': ('-created_at',),  # as in the model: a list would read as a change
             },
         ),
     ]
