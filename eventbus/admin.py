@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator
@@ -25,6 +26,7 @@ from django.utils.translation import gettext_lazy as _
 from django.utils.translation import ngettext
 
 from . import relay
+from .ids import key_text, parse_key, parse_uuid
 from .models import DeliveryStatus, EventRecord, HandlerFailure
 
 CHAIN_LIMIT = 500
@@ -38,7 +40,7 @@ SHORT_ID = 8
 
 def _parse_uuid(term: str) -> UUID | None:
     try:
-        return UUID(term.strip())
+        return parse_uuid(term)
     except ValueError:
         return None
 
@@ -79,16 +81,28 @@ def _when(value: datetime) -> str:
 
 
 def _search(
-    queryset: QuerySet[Any], search_term: str, by_uuid: Callable[[UUID], Q], text_field: str
+    queryset: QuerySet[Any],
+    search_term: str,
+    by_uuid: Callable[[UUID], Q],
+    text_field: str,
+    by_key: Callable[[str], Q] | None = None,
 ) -> tuple[QuerySet[Any], bool]:
-    """Search UUID columns exactly (a UUID column cannot be matched by substring), else text."""
+    """Search ids exactly (a UUID column cannot be matched by substring), else text.
+
+    A term that reads as a project or actor key (an integer, a short string) also
+    matches ``by_key`` with the key's canonical text.
+    """
     term = search_term.strip()
     if not term:
         return queryset, False
     uuid = _parse_uuid(term)
     if uuid is not None:
         return queryset.filter(by_uuid(uuid)), False
-    return queryset.filter(**{f"{text_field}__icontains": term}), False
+    query = Q(**{f"{text_field}__icontains": term})
+    if by_key is not None:
+        with contextlib.suppress(ValueError):
+            query |= by_key(key_text(parse_key(term)))
+    return queryset.filter(query), False
 
 
 class _ReadOnlyAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
@@ -188,12 +202,18 @@ class EventRecordAdmin(_ReadOnlyAdmin):
     def get_search_results(
         self, request: HttpRequest, queryset: QuerySet[EventRecord], search_term: str
     ) -> tuple[QuerySet[EventRecord], bool]:
-        """A UUID matches event, correlation or project id; anything else, part of the type."""
+        """A UUID matches event, correlation, project or actor id; a key, the project or
+        actor; any text, part of the type."""
+
+        def by_key(text: str) -> Q:
+            return Q(project_id=text) | Q(actor_id=text)
+
         return _search(
             queryset,
             search_term,
-            lambda uuid: Q(id=uuid) | Q(correlation_id=uuid) | Q(project_id=uuid),
+            lambda uuid: Q(id=uuid) | Q(correlation_id=uuid) | by_key(str(uuid)),
             text_field="type",
+            by_key=by_key,
         )
 
     @admin.display(description=_("type"), ordering="type")

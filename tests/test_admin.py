@@ -192,6 +192,20 @@ def test_search_by_uuid_finds_the_matching_events(admin_client):
     assert listed(admin_client, q=str(uuid4())) == set()
 
 
+def test_integer_and_string_keys_are_searched_and_filtered_exactly(admin_client):
+    """A project keyed by integers (Django's default) finds its events by its own keys."""
+    team = make(project_id="42", actor_id="7", actor_type="user")
+    other_team = make(project_id="420", actor_id="team-7", actor_type="user")
+    no_key = make()
+
+    assert listed(admin_client, q="42") == {team.pk}  # exact: not 420
+    assert listed(admin_client, q="7") == {team.pk}  # the actor
+    assert listed(admin_client, q="team-7") == {other_team.pk}
+    assert listed(admin_client, project_id="42") == {team.pk}
+    assert listed(admin_client, actor_id="team-7") == {other_team.pk}
+    assert no_key.pk in listed(admin_client)
+
+
 def test_search_accepts_a_uuid_in_other_spellings(admin_client):
     record = make()
 

@@ -11,14 +11,17 @@ import json
 import socket
 import time
 from collections.abc import Iterator
+from datetime import timedelta
 from typing import Any
 from uuid import uuid4
 
 import pytest
 from asgiref.sync import sync_to_async
+from django.conf import settings as django_settings
 from django.contrib.auth import get_user_model
 from django.db import connection
 from django.test import Client, override_settings
+from django.utils import timezone
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
@@ -188,6 +191,76 @@ async def test_an_event_published_by_one_server_reaches_a_socket_on_the_other(
         assert "Traceback" not in server_a.log_text() + server_b.log_text()
     finally:
         await on_b.close()
+
+
+# -- projects keyed by integers or UUIDs -------------------------------------------------------
+
+
+def tenant_with_member(kind: str) -> tuple[Any, Any, str]:
+    """A project keyed by an integer (a Team) or a UUID, a member, and the member's session."""
+    from tests.testapp.models import Team
+
+    user = get_user_model().objects.create(username=f"member-{uuid4().hex[:8]}")
+    if kind == "integer":
+        team = Team.objects.create(name="Ops")
+        team.members.add(user)
+        project: Any = team.pk
+    else:
+        project = uuid4()
+        Membership.objects.create(user=user, project_id=project)
+    client = Client()
+    client.force_login(user)
+    return project, user.pk, client.cookies["sessionid"].value
+
+
+@pytest.mark.parametrize("kind", ["integer", "uuid"])
+async def test_a_project_keyed_by_its_own_keys_goes_publish_log_relay_websocket(
+    asgi_server_factory: AsgiServerFactory, redis_layer: str, kind: str
+):
+    """publish(project_id=team.pk, actor_id=user.pk) -> log row -> relay worker -> Redis ->
+    a member's socket; then a resume with ``since`` replays from the log by the same key."""
+    from eventbus.models import EventRecord
+    from eventbus.relay import Relay
+
+    server = asgi_server_factory(env=server_env(redis_layer))
+    project, user_pk, session = await sync_to_async(tenant_with_member)(kind)
+    channel = EventBus.get_project_channel(project)
+    assert channel == f"eventbus.project.{project if kind == 'integer' else project.hex}"
+    client = await Ws.open(server, session)
+    try:
+        await client.subscribe(channel)
+        with override_settings(
+            EVENTBUS={**django_settings.EVENTBUS, "HAND_OFF_ON_COMMIT": False}
+        ):
+            first = await apublish(
+                ShopEvent.ORDER_DELETED,
+                {"order_id": 1},
+                project_id=project,
+                actor_id=user_pk,
+                actor_type="user",
+            )
+            second = await apublish(ShopEvent.ORDER_DELETED, {"order_id": 2}, project_id=project)
+        row = await sync_to_async(EventRecord.objects.get)(id=first.id)
+        assert (row.project_id, row.actor_id) == (str(project), str(user_pk))
+        report = await sync_to_async(Relay().run_once)(timezone.now() + timedelta(minutes=1))
+        assert report.delivered == [first.id, second.id]
+        frames = [await client.recv(), await client.recv()]
+        assert [f["event"]["id"] for f in frames] == [str(first.id), str(second.id)]
+        wire = frames[0]["event"]
+        assert (wire["project_id"], wire["actor_id"]) == (
+            project if kind == "integer" else str(project),
+            user_pk,
+        )
+    finally:
+        await client.close()
+    resumed = await Ws.open(server, session)
+    try:
+        await resumed.send({"action": "subscribe", "channel": channel, "since": str(first.id)})
+        assert await resumed.recv() == {"type": "subscribed", "channel": channel, "replayed": 1}
+        replayed = await resumed.recv()
+        assert replayed["event"]["id"] == str(second.id)
+    finally:
+        await resumed.close()
 
 
 # -- origins, bad input ----------------------------------------------------------------------

@@ -17,3 +17,10 @@ class Membership(models.Model):
 
     user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE)
     project_id = models.UUIDField()
+
+
+class Team(models.Model):
+    """A tenant keyed by an integer, as Django's default primary key is."""
+
+    name = models.CharField(max_length=100)
+    members = models.ManyToManyField(settings.AUTH_USER_MODEL, blank=True)
