@@ -240,7 +240,12 @@ class EventbusSide(Side):
             client.abort()
             raise TimeoutError("no answer to subscribe")
         ((_, raw),) = client.take_frames()
-        if json.loads(raw) != {"type": "subscribed", "channel": channel, "replayed": 0}:
+        answer = json.loads(raw)
+        if (answer.get("type"), answer.get("channel"), answer.get("replayed")) != (
+            "subscribed",
+            channel,
+            0,
+        ):
             client.abort()
             raise RuntimeError(f"subscribe was answered with {raw!r}")
         client.keep = keep

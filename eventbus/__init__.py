@@ -21,6 +21,7 @@ from .exceptions import (
     InvalidChannelError,
     InvalidHandlerError,
     PayloadTooLargeError,
+    StreamReset,
     UnknownEventTypeError,
 )
 from .signals import event_published
@@ -42,6 +43,7 @@ __all__ = [
     "OnCreate",
     "OnDelete",
     "PayloadTooLargeError",
+    "StreamReset",
     "Subscription",
     "UnknownEventTypeError",
     "apublish",

@@ -7,19 +7,21 @@ What crosses the layer is the event's public JSON (``private_fields`` removed, s
 from __future__ import annotations
 
 import warnings
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
+from uuid import UUID
 
 from channels.layers import BaseChannelLayer, get_channel_layer
 from django.core.exceptions import ImproperlyConfigured
-from django.utils.module_loading import import_string
 
 from . import _redis, conf
 from .catalog import CatalogEntry, catalog
 from .channel_names import (
+    Positions,
     agent_channel,
     default_channels,
     project_channel,
+    route,
     validate_channel,
 )
 from .envelope import Event
@@ -59,10 +61,7 @@ class EventBus:
 
     def channels_for(self, event: Event[Any], entry: CatalogEntry | None = None) -> list[str]:
         """The channels ``event`` is broadcast to (none when its type opts out)."""
-        if not (entry or catalog.resolve(event.type)).spec.broadcast:
-            return []
-        router = import_string(conf.get_settings().CHANNEL_ROUTER)
-        return [validate_channel(channel) for channel in router(event)]
+        return route(event, entry)
 
     async def send(self, channel: str, event: Event[Any]) -> None:
         """Send ``event`` to everyone subscribed to ``channel`` (at most once, live only).
@@ -81,19 +80,26 @@ class EventBus:
         )
         await self.send(channel, event)
 
-    async def broadcast(self, events: Sequence[Event[Any]]) -> int:
+    async def broadcast(
+        self, events: Sequence[Event[Any]], positions: Mapping[UUID, Positions] | None = None
+    ) -> int:
         """Send each event to its channels in one batch; return how many sends were made.
 
-        Raises when the layer did not take the batch (some sends may have gone out:
-        delivery is at least once).
+        An event with ``positions`` goes to the channels it was numbered on, each message
+        carrying its position there; one without is routed now and carries none (a type
+        kept out of the log). Raises when the layer did not take the batch (some sends
+        may have gone out: delivery is at least once).
         """
         sends: list[tuple[str, dict[str, Any]]] = []
         for event in events:
             entry = catalog.resolve(event.type)
-            channels = self.channels_for(event, entry)
-            if channels:
-                raw = public_json(event, entry)
-                sends.extend((channel, layer_message(event, channel, raw)) for channel in channels)
+            numbered = positions.get(event.id) if positions else None
+            channels: Iterable[str] = numbered if numbered is not None else route(event, entry)
+            raw = None
+            for channel in channels:
+                raw = raw or public_json(event, entry)
+                position = numbered[channel] if numbered is not None else None
+                sends.append((channel, layer_message(event, channel, raw, position)))
         await group_send_many(self.layer, sends)
         return len(sends)
 

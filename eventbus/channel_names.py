@@ -12,9 +12,16 @@ import contextlib
 import re
 from typing import Any
 
+from django.utils.module_loading import import_string
+
+from . import conf
+from .catalog import CatalogEntry, catalog
 from .envelope import ActorType, Event
 from .exceptions import InvalidChannelError
 from .ids import ObjectKey, key_slug, parse_key
+
+Positions = dict[str, int]
+"""An event's position on each of its channels' streams (``eventbus.streams``)."""
 
 _CHANNEL_NAME = re.compile(r"^[A-Za-z0-9._-]{1,90}$")
 
@@ -81,3 +88,12 @@ def default_channels(event: Event[Any]) -> list[str]:
     for agent_id in dict.fromkeys(agent_ids):
         channels.append(agent_channel(agent_id))
     return channels
+
+
+def route(event: Event[Any], entry: CatalogEntry | None = None) -> list[str]:
+    """The channels ``event`` goes to: none when its type opts out of broadcast, else
+    what ``EVENTBUS['CHANNEL_ROUTER']`` says, each checked; InvalidChannelError otherwise."""
+    if not (entry or catalog.resolve(event.type)).spec.broadcast:
+        return []
+    router = import_string(conf.get_settings().CHANNEL_ROUTER)
+    return [validate_channel(channel) for channel in router(event)]

@@ -9,12 +9,11 @@ import contextlib
 import fnmatch
 import json
 import logging
-from collections import OrderedDict
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
+from uuid import UUID
 
-from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
 
 from . import conf
@@ -22,11 +21,13 @@ from ._tasks import TaskSet
 from .access import get_access_watch, is_authenticated, may_subscribe
 from .bus import get_event_bus
 from .channel_names import validate_channel
+from .cursor import RESET_TYPE
 from .exceptions import InvalidChannelError
 from .fanout import get_fanout
 from .ids import parse_uuid
-from .replay import load_replay
+from .replay import Replay, load_replay
 from .sendqueue import SendQueue
+from .streams import aread
 from .wire import event_frame, frame_json
 
 logger = logging.getLogger("eventbus.ws")
@@ -42,9 +43,10 @@ _ACTIONS = ("subscribe", "unsubscribe", "ping")
 @dataclass
 class _ChannelState:
     patterns: tuple[str, ...] | None
-    # Ids already sent on this channel, so a replayed event is not sent again live.
-    recent: OrderedDict[str, None] = field(default_factory=OrderedDict)
-    # Live events that arrived while the subscription was being set up (None: since then).
+    # Where this socket stands on the channel's stream: the last position it sent (or
+    # passed over for its type filter). Live events at or before it are repeats.
+    position: int = 0
+    # Live messages that arrived while the subscription was being set up (None: since then).
     held: list[dict[str, Any]] | None = None
     overflowed: bool = False
 
@@ -52,14 +54,6 @@ class _ChannelState:
         return self.patterns is None or any(
             fnmatch.fnmatchcase(event_type, p) for p in self.patterns
         )
-
-    def first_time(self, event_id: str, keep: int) -> bool:
-        if event_id in self.recent:
-            return False
-        self.recent[event_id] = None
-        if len(self.recent) > keep:
-            self.recent.popitem(last=False)
-        return True
 
 
 class _FrameError(Exception):
@@ -159,12 +153,7 @@ class EventStreamConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
 
     async def _subscribe(self, data: dict[str, Any]) -> None:
         channel = _required_channel(data)
-        since = data.get("since")
-        if since is not None:
-            try:
-                since = str(parse_uuid(since))
-            except ValueError:
-                raise _FrameError("invalid_field", "'since' must be an event id or null.") from None
+        after, since, epoch = _resume_point(data)
         patterns = data.get("types")
         if patterns is not None and not (
             isinstance(patterns, list)
@@ -186,39 +175,57 @@ class EventStreamConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
         if not await may_subscribe(self.user, channel):
             raise _FrameError("forbidden", f"You may not subscribe to {channel}.")
         # Live events are held back until the replay is out: the client sees
-        # `subscribed`, the missed events, then live ones, each once.
+        # `subscribed`, the missed events, then live ones, each once, in position order.
         state = _ChannelState(tuple(patterns) if patterns is not None else None, held=[])
-        if channel in self.subscriptions:
-            state.recent = self.subscriptions[channel].recent
         self.subscriptions[channel] = state
-        await self.fanout.join(channel, self)
+        head = await self.fanout.join(channel, self)
         if self.subscriptions.get(channel) is not state or self.send_queue.failed:
             # Left while joining (access revoked, socket given up): do not stay in.
             await self.fanout.leave(channel, self)
             return
-        replay: list[tuple[str, str, str]] = []
-        reset: str | None = None
-        if since is not None:
-            replay, reset = await database_sync_to_async(load_replay)(
-                channel, since, state.wants, self.settings.RESUME_MAX_EVENTS
+        if after is None and since is None:
+            replay = Replay(head.epoch, head.position, head.position)
+        else:
+            replay = await aread(
+                load_replay,
+                channel,
+                after,
+                since,
+                epoch,
+                state.wants,
+                self.settings.RESUME_MAX_EVENTS,
             )
-        if state.overflowed:
-            replay, reset = [], "too_many_missed"
-        await self._send_frame({"type": "subscribed", "channel": channel, "replayed": len(replay)})
-        if reset is not None:
-            await self._send_frame({"type": "reset", "channel": channel, "reason": reset})
-        keep = self.settings.RESUME_MAX_EVENTS * 2
-        for event_id, _event_type, raw in replay:
-            state.first_time(event_id, keep)
-            await self._send_text(event_frame(channel, raw))
-        if state.overflowed and reset is None:  # it overflowed while the replay went out
+        state.position = replay.position
+        await self._send_frame(
+            {
+                "type": "subscribed",
+                "channel": channel,
+                "replayed": len(replay.frames),
+                "epoch": replay.epoch,
+                "position": replay.start,
+            }
+        )
+        if replay.reset is not None:
             await self._send_frame(
-                {"type": "reset", "channel": channel, "reason": "too_many_missed"}
+                _reset_frame(channel, replay.reset, replay.epoch, replay.position)
             )
+        for frame in replay.frames:
+            await self._send_text(frame)
         # From here to the end nothing waits, so no live event slips in between.
         held, state.held = state.held or [], None
-        if not state.overflowed:  # else the client was told to reset: it reloads
-            for message in held:
+        if state.overflowed:  # too much arrived during the replay: the client reloads
+            current = self.fanout.cursor.at(channel) or head
+            state.position = current.position
+            self.send_queue.offer(
+                frame_json(
+                    _reset_frame(channel, "too_many_missed", current.epoch, current.position)
+                )
+            )
+            return
+        for message in held:
+            if message.get("type") == RESET_TYPE:
+                self.on_reset(message)
+            else:
                 self.on_message(message)
 
     async def _unsubscribe(self, data: dict[str, Any]) -> None:
@@ -233,16 +240,41 @@ class EventStreamConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
         """A live event of a joined channel (from the fan-out): queue its frame."""
         channel = message["channel"]
         state = self.subscriptions.get(channel)
-        if state is None or not state.wants(message["event_type"]):
+        if state is None:
             return
         if state.held is not None:
-            if len(state.held) < self.settings.RESUME_MAX_EVENTS:
-                state.held.append(message)
-            else:
-                state.overflowed = True
+            self._hold(state, message)
             return
-        if state.first_time(message["id"], self.settings.RESUME_MAX_EVENTS * 2):
-            self.send_queue.offer(event_frame(channel, message["event"]))
+        position = message.get("position")
+        if position is not None:
+            if position <= state.position:
+                return  # sent already, from the replay
+            state.position = position
+        if state.wants(message["event_type"]):
+            self.send_queue.offer(event_frame(channel, message["event"], position))
+
+    def on_reset(self, message: dict[str, Any]) -> None:
+        """The fan-out could not vouch for the channel's stream: tell the client."""
+        channel = message["channel"]
+        state = self.subscriptions.get(channel)
+        if state is None:
+            return
+        if state.held is not None:
+            self._hold(state, message)
+            return
+        state.position = message["position"]
+        self.send_queue.offer(
+            frame_json(
+                _reset_frame(channel, message["reason"], message["epoch"], message["position"])
+            )
+        )
+
+    def _hold(self, state: _ChannelState, message: dict[str, Any]) -> None:
+        assert state.held is not None
+        if len(state.held) < self.settings.RESUME_MAX_EVENTS:
+            state.held.append(message)
+        else:
+            state.overflowed = True
 
     def _send_queue_failed(self, stalled: bool) -> None:
         self._side_tasks.start(self._give_up(stalled), eager=False)
@@ -320,3 +352,32 @@ def _required_channel(data: dict[str, Any]) -> str:
         return validate_channel(data["channel"])
     except InvalidChannelError as exc:
         raise _FrameError("invalid_channel", str(exc)) from None
+
+
+def _resume_point(data: dict[str, Any]) -> tuple[int | None, UUID | None, str | None]:
+    """``position`` (with its ``epoch``), or the older ``since`` (an event id), checked."""
+    position, epoch, since = data.get("position"), data.get("epoch"), data.get("since")
+    if position is not None and since is not None:
+        raise _FrameError("invalid_field", "Give 'position' or 'since', not both.")
+    if position is not None and (
+        isinstance(position, bool) or not isinstance(position, int) or not 0 <= position < 2**63
+    ):
+        raise _FrameError("invalid_field", "'position' must be a whole number from 0, or null.")
+    if epoch is not None and not (isinstance(epoch, str) and len(epoch) <= 16):
+        raise _FrameError("invalid_field", "'epoch' must be the epoch the server gave, or null.")
+    if since is None:
+        return position, None, epoch
+    try:
+        return None, parse_uuid(since), None
+    except ValueError:
+        raise _FrameError("invalid_field", "'since' must be an event id or null.") from None
+
+
+def _reset_frame(channel: str, reason: str, epoch: str, position: int) -> dict[str, Any]:
+    return {
+        "type": "reset",
+        "channel": channel,
+        "reason": reason,
+        "epoch": epoch,
+        "position": position,
+    }

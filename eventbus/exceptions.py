@@ -67,3 +67,23 @@ class PayloadTooLargeError(EventBusError, ValueError):
 
 class InvalidChannelError(EventBusError, ValueError):
     """A channel name that Channels groups cannot hold."""
+
+
+class StreamReset(EventBusError):
+    """A channel's stream skipped events the log could not give back.
+
+    Raised by iterating a :class:`~eventbus.Subscription`; the subscription stays open.
+    ``reason`` says why (``too_many_missed``, ``pruned``, ``log_unavailable``,
+    ``epoch_changed``); reload what you built from the channel's events, then iterate
+    again: the events after ``position`` follow.
+    """
+
+    def __init__(self, channel: str, reason: str, epoch: str, position: int) -> None:
+        self.channel = channel
+        self.reason = reason
+        self.epoch = epoch
+        self.position = position
+        super().__init__(
+            f"The stream of {channel} was reset ({reason}); events after position "
+            f"{position} follow."
+        )

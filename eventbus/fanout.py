@@ -8,7 +8,10 @@ channel; a reader task hands each message to the local members of its group, whi
 queue it in their send queue (``eventbus.sendqueue``). See docs/performance.md for the numbers.
 
 The channel layer still carries every event between processes, so several server
-processes (and the relay) keep working as before.
+processes (and the relay) keep working as before. Each group's messages pass through
+the process's :class:`~eventbus.cursor.StreamCursor`: members get a channel's events in
+position order, with gaps filled from the log (or a reset), including what was sent
+while a restarted Redis had forgotten this process's groups.
 """
 
 from __future__ import annotations
@@ -20,8 +23,10 @@ from typing import Any, Protocol
 
 from channels.layers import BaseChannelLayer
 
+from .cursor import RESET_TYPE, StreamCursor
 from .layers import FANOUT_CHANNEL_PREFIX
 from .reconnect import RETRY_FIRST, is_connection_error, next_delay
+from .streams import Head
 
 logger = logging.getLogger("eventbus.fanout")
 
@@ -30,7 +35,10 @@ class Member(Protocol):
     """What the fan-out hands messages to: one per socket (the WebSocket consumer)."""
 
     def on_message(self, message: dict[str, Any]) -> None:
-        """Take one message of a joined group; must not block or raise."""
+        """Take one event of a joined group, in position order; must not block or raise."""
+
+    def on_reset(self, message: dict[str, Any]) -> None:
+        """The group's stream skipped what the log could not fill (a reset message)."""
 
 
 class LocalFanout:
@@ -50,6 +58,7 @@ class LocalFanout:
         self._joined: set[str] = set()
         self._lock = asyncio.Lock()
         self._tasks: list[asyncio.Task[None]] = []
+        self.cursor = StreamCursor()
 
     def members(self, group: str) -> list[Member]:
         return list(self._members.get(group, ()))
@@ -59,12 +68,16 @@ class LocalFanout:
         """The groups this process is in."""
         return set(self._joined)
 
-    async def join(self, group: str, member: Member) -> None:
-        """Hand ``group``'s messages to ``member`` from now on."""
+    async def join(self, group: str, member: Member) -> Head:
+        """Hand ``group``'s messages to ``member`` from now on; where its stream stands.
+
+        Every event after the returned position reaches ``member``, in order, or a reset.
+        """
         members = self._members.get(group)
-        if members is not None and group in self._joined:
+        head = self.cursor.at(group)
+        if members is not None and group in self._joined and head is not None:
             members[member] = None
-            return
+            return head
         async with self._lock:
             self._members.setdefault(group, {})[member] = None
             try:
@@ -73,6 +86,8 @@ class LocalFanout:
                     assert self.channel_name is not None
                     await self.layer.group_add(group, self.channel_name)
                     self._joined.add(group)
+                # In the group first, then read the head: whatever comes after it arrives.
+                return await self.cursor.follow(group)
             except BaseException:
                 self._discard(group, member)
                 await self._leave_group_if_unused(group)
@@ -97,6 +112,7 @@ class LocalFanout:
         if self._members.get(group):
             return
         self._members.pop(group, None)
+        self.cursor.drop(group)
         if group in self._joined:
             self._joined.discard(group)
             assert self.channel_name is not None
@@ -145,16 +161,21 @@ class LocalFanout:
                 await self._rejoin()
                 continue
             delay = RETRY_FIRST
-            self.distribute(message)
+            for admitted in await self.cursor.admit(message):
+                self.distribute(admitted)
 
     def distribute(self, message: dict[str, Any]) -> None:
         """Hand ``message`` to every local member of its group (``message['channel']``)."""
         members = self._members.get(message.get("channel", ""))
         if not members:
             return
+        reset = message.get("type") == RESET_TYPE
         for member in list(members):
             try:
-                member.on_message(message)
+                if reset:
+                    member.on_reset(message)
+                else:
+                    member.on_message(message)
             except Exception:
                 logger.exception("Handing a message to %r failed", member)
 
@@ -164,6 +185,8 @@ class LocalFanout:
             await self._rejoin()
 
     async def _rejoin(self) -> None:
+        """Join every group again (a restarted Redis forgot them), then take from the log
+        what was sent while this process was not in them."""
         channel_name = self.channel_name
         if channel_name is None:
             return
@@ -177,6 +200,9 @@ class LocalFanout:
                 logger.warning("The fan-out could not join its groups again: %s", exc)
             else:
                 logger.exception("The fan-out could not join its groups again")
+            return
+        for missed in await self.cursor.catch_up():
+            self.distribute(missed)
 
 
 _fanouts: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[int, LocalFanout]] = (

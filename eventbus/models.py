@@ -158,3 +158,50 @@ class HandlerFailure(models.Model):
 
     def __str__(self) -> str:
         return f"{self.handler} on {self.event_type}"
+
+
+class StreamHead(models.Model):
+    """A channel's stream: its epoch and the last position given to one of its events.
+
+    The relay locks a channel's head while it numbers that channel's events, until its
+    transaction commits: so once a reader sees position N, every position below N is
+    visible too (or was never given). ``epoch`` changes only when the stream starts
+    over (a new database), and tells a resuming client its position means nothing here.
+    """
+
+    channel = models.CharField(max_length=90, primary_key=True)
+    epoch = models.CharField(max_length=16)
+    position = models.BigIntegerField(default=0)
+
+    class Meta:
+        verbose_name = _("channel stream")
+
+    def __str__(self) -> str:
+        return f"{self.channel} at {self.position}"
+
+
+class StreamEntry(models.Model):
+    """One event's position on one of its channels' streams.
+
+    An event sent to two channels has two entries. Positions of a channel run 1, 2, 3...
+    without holes, except where old events were pruned.
+    """
+
+    channel = models.CharField(max_length=90)
+    position = models.BigIntegerField()
+    event = models.ForeignKey(EventRecord, on_delete=models.CASCADE, related_name="entries")
+
+    class Meta:
+        verbose_name = _("stream entry")
+        verbose_name_plural = _("stream entries")
+        constraints = (
+            models.UniqueConstraint(
+                fields=("channel", "position"), name="eventbus_stream_position_unique"
+            ),
+            models.UniqueConstraint(
+                fields=("event", "channel"), name="eventbus_stream_event_unique"
+            ),
+        )
+
+    def __str__(self) -> str:
+        return f"{self.channel} #{self.position}"

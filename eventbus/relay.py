@@ -31,12 +31,22 @@ from django.utils import timezone
 from . import conf
 from ._tasks import TaskSet, in_event_loop
 from .catalog import CatalogEntry
+from .channel_names import Positions, route
 from .envelope import Event
 from .log import is_logged
 from .models import EVENT_COLUMNS, DeliveryStatus, EventRecord, event_from_columns
-from .sinks import Sink, load_sink
+from .sinks import Sink, load_sink, send_to
+from .streams import assign_positions, positions_of
 
 logger = logging.getLogger("eventbus.relay")
+
+
+@dataclass
+class Batch:
+    """Claimed events, in the order they are sent, and their positions on their channels."""
+
+    events: list[Event[Any]] = field(default_factory=list)
+    positions: dict[UUID, Positions] = field(default_factory=dict)
 
 
 @dataclass
@@ -98,10 +108,16 @@ class Relay:
 
     async def _ahand_off(self, sink: Sink, event: Event[Any], entry: CatalogEntry) -> None:
         logged = is_logged(entry)
+        positions: dict[UUID, Positions] = {}
         if logged:
-            await sync_to_async(self._claim_ids, thread_sensitive=True)([event.id])
+            report = RelayReport()
+            positions = await sync_to_async(self._claim, thread_sensitive=True)(
+                [event], None, report
+            )
+            if report.failed:
+                return
         try:
-            await sink.send([event])
+            await send_to(sink, [event], positions)
         except Exception as exc:
             logger.warning(
                 "Hand-off of event %s failed; the relay will retry: %s",
@@ -128,18 +144,18 @@ class Relay:
         await self._adeliver(claimed, report)
         return report
 
-    async def _aclaim(self, now: datetime | None, report: RelayReport) -> list[Event[Any]]:
+    async def _aclaim(self, now: datetime | None, report: RelayReport) -> Batch:
         return await sync_to_async(self._claim_due, thread_sensitive=True)(now, report)
 
-    async def _adeliver(self, claimed: list[Event[Any]], report: RelayReport) -> None:
-        if not claimed:
+    async def _adeliver(self, claimed: Batch, report: RelayReport) -> None:
+        if not claimed.events:
             return
-        ids = [event.id for event in claimed]
+        ids = [event.id for event in claimed.events]
         sink = self.sink
         try:
             if sink is None:
                 raise RuntimeError("EVENTBUS['SINK'] is None: nowhere to deliver to")
-            await sink.send(claimed)
+            await send_to(sink, claimed.events, claimed.positions)
         except Exception as exc:
             logger.warning("Relay could not deliver %d event(s): %s", len(ids), exc)
             outcome = await sync_to_async(self._complete, thread_sensitive=True)(ids, [], exc)
@@ -164,7 +180,7 @@ class Relay:
         settings = conf.get_settings()
         deadline = None if max_seconds is None else time.monotonic() + max_seconds
         delivered = 0
-        claim: asyncio.Task[list[Event[Any]]] | None = None
+        claim: asyncio.Task[Batch] | None = None
         claim_report = RelayReport()
 
         def stopping() -> bool:
@@ -179,11 +195,11 @@ class Relay:
                         break
                     claim_report = RelayReport()
                     claim = asyncio.create_task(self._aclaim(None, claim_report))
-                report, batch = claim_report, []
+                report, batch = claim_report, Batch()
                 try:
                     batch = await claim
                     claim = None
-                    if batch and not stopping():  # claim the next batch while this one goes
+                    if batch.events and not stopping():  # claim the next batch while this one goes
                         claim_report = RelayReport()
                         claim = asyncio.create_task(self._aclaim(None, claim_report))
                     await self._adeliver(batch, report)  # sent even when stopping
@@ -203,7 +219,7 @@ class Relay:
 
     # -- database steps (sync, in one short transaction each) ----------------
 
-    def _claim_due(self, now: datetime | None, report: RelayReport) -> list[Event[Any]]:
+    def _claim_due(self, now: datetime | None, report: RelayReport) -> Batch:
         settings = conf.get_settings()
         now = now or timezone.now()
         connection = connections[self.using]
@@ -230,18 +246,47 @@ class Relay:
                 except Exception as exc:
                     self._mark_corrupted(row[0], row[1], exc)
                     report.corrupted.append(row[0])
-            self._claim_ids([event.id for event in events], now)
-        return events
+            positions = self._claim(events, now, report)
+        failed = set(report.failed)
+        return Batch([event for event in events if event.id not in failed], positions)
 
-    def _claim_ids(self, ids: Sequence[UUID], now: datetime | None = None) -> None:
-        # The lease keeps other workers off these rows while they are being sent.
+    def _claim(
+        self, events: Sequence[Event[Any]], now: datetime | None, report: RelayReport
+    ) -> dict[UUID, Positions]:
+        """Lease the events to this worker and number the new ones; their positions.
+
+        An event is numbered once, at its first claim: its log ``sequence`` and its
+        position on each of its channels. A retry keeps both. An event whose channels
+        cannot be worked out (the router raised) is marked failed, in ``report``.
+        """
         now = now or timezone.now()
         lease = timedelta(seconds=conf.get_settings().RELAY_CLAIM_SECONDS)
+        ids = [event.id for event in events]
+        records = EventRecord.objects.using(self.using)
         with transaction.atomic(using=self.using):
-            EventRecord.objects.using(self.using).filter(id__in=ids).update(
+            # The lease keeps other workers off these rows while they are being sent.
+            records.filter(id__in=ids).update(
                 attempts=F("attempts") + 1, next_attempt_at=now + lease
             )
-            assign_sequences(ids, using=self.using)
+            fresh = set(
+                records.filter(id__in=ids, sequence__isnull=True).values_list("id", flat=True)
+            )
+            routed = []
+            for event in events:
+                if event.id not in fresh:
+                    continue
+                try:
+                    routed.append((event.id, route(event)))
+                except Exception as exc:
+                    self._mark_failed(event.id, event.type.value, "channel router failed", exc)
+                    report.failed.append(event.id)
+                    fresh.discard(event.id)
+            assign_sequences(fresh, using=self.using)
+            positions = assign_positions(routed, using=self.using)
+            retried = [event_id for event_id in ids if event_id not in fresh]
+            if retried:
+                positions.update(positions_of(retried, using=self.using))
+        return positions
 
     def _complete(
         self, ids: Sequence[UUID], delivered: Sequence[UUID], error: BaseException | None
@@ -278,16 +323,20 @@ class Relay:
         return outcome
 
     def _mark_corrupted(self, event_id: UUID, event_type: str, exc: Exception) -> None:
+        self._mark_failed(event_id, event_type, "corrupted row", exc)
+
+    def _mark_failed(self, event_id: UUID, event_type: str, why: str, exc: Exception) -> None:
         logger.error(
-            "Event log row %s cannot be read back, marked failed: %s",
+            "Event log row %s marked failed (%s): %s",
             event_id,
+            why,
             exc,
             extra={"event_id": str(event_id), "event_type": event_type},
         )
         EventRecord.objects.using(self.using).filter(id=event_id).update(
             status=DeliveryStatus.FAILED,
             next_attempt_at=None,
-            last_error=f"corrupted row: {type(exc).__name__}: {exc}"[:10_000],
+            last_error=f"{why}: {type(exc).__name__}: {exc}"[:10_000],
         )
 
 

@@ -1,44 +1,68 @@
-"""Replaying a channel's missed events from the event log, for a resuming socket."""
+"""Replaying a channel's missed events from the log, for a socket that resumes.
+
+A resume names a position on the channel's stream (or, the old way, an event id, which
+maps to that event's position there). The replay is one index range read after it,
+so it costs in proportion to what it returns, not to the size of the log.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass, field
+from uuid import UUID
 
-from .bus import get_event_bus
-from .channel_names import project_of
-from .ids import key_text
-from .models import EVENT_COLUMNS, EventRecord, event_from_columns
-from .wire import public_json
+from .streams import heads, position_of, read_after
+from .wire import event_frame, public_json
+
+
+@dataclass
+class Replay:
+    """What a resuming socket sends first, and where it then stands on the stream."""
+
+    epoch: str
+    start: int  # the position the stream continues after
+    position: int  # where the socket stands once the frames are out
+    frames: list[str] = field(default_factory=list)
+    reset: str | None = None  # why the client must reload its state instead
 
 
 def load_replay(
-    channel: str, since: str, wants: Callable[[str], bool], cap: int
-) -> tuple[list[tuple[str, str, str]], str | None]:
-    """Events of ``channel`` committed after ``since``, in commit order; or a reset reason.
+    channel: str,
+    after: int | None,
+    since: UUID | None,
+    epoch: str | None,
+    wants: Callable[[str], bool],
+    cap: int,
+) -> Replay:
+    """The events of ``channel`` after position ``after`` (or after event ``since``).
 
-    Each is ``(id, type, public JSON)``, for the types ``wants``; past ``cap`` of them,
-    none and ``"too_many_missed"``.
+    A reset, standing at the stream's head, when the resume point cannot be vouched for:
+    ``since_unknown`` (no such event on this channel), ``epoch_changed`` (the stream
+    started over), ``position_unknown`` (past the head), ``pruned`` (missed events were
+    deleted) or ``too_many_missed`` (more than ``cap``).
     """
-    anchor = EventRecord.objects.filter(id=since).values_list("sequence", flat=True).first()
-    if anchor is None:
-        return [], "since_unknown"
-    bus = get_event_bus()
-    rows = EventRecord.objects.filter(sequence__gt=anchor).order_by("sequence")
-    project = project_of(channel)
-    if project is not None:
-        rows = rows.filter(project_id=key_text(project))
-    found: list[tuple[str, str, str]] = []
-    for row in rows.values_list(*EVENT_COLUMNS).iterator(chunk_size=500):
-        event_type = row[1]
-        if not wants(event_type):
-            continue
-        try:
-            event = event_from_columns(*row)
-        except Exception:  # a corrupted row: the relay marks it; skip it here
-            continue
-        if channel not in bus.channels_for(event):
-            continue
-        if len(found) >= cap:
-            return [], "too_many_missed"
-        found.append((str(event.id), event_type, public_json(event)))
-    return found, None
+    head = heads([channel])[channel]
+
+    def reset(reason: str) -> Replay:
+        return Replay(head.epoch, head.position, head.position, reset=reason)
+
+    if since is not None:
+        after = position_of(since, channel)
+        if after is None:
+            return reset("since_unknown")
+    elif epoch and head.epoch and epoch != head.epoch:
+        return reset("epoch_changed")
+    assert after is not None
+    if after > head.position:
+        return reset("position_unknown")
+    entries = read_after(channel, after, cap + 1)
+    if len(entries) > cap:
+        return reset("too_many_missed")
+    replay = Replay(head.epoch, after, after)
+    for entry in entries:
+        if entry.position != replay.position + 1:
+            return reset("pruned")
+        replay.position = entry.position
+        if entry.event is not None and wants(entry.event_type):
+            replay.frames.append(event_frame(channel, public_json(entry.event), entry.position))
+    return replay

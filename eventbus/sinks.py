@@ -7,18 +7,36 @@ events did not get through; the relay then keeps them pending and retries.
 from __future__ import annotations
 
 import functools
-from collections.abc import Sequence
-from typing import Any, Protocol, runtime_checkable
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+from uuid import UUID
 
 from django.utils.module_loading import import_string
 
 from .envelope import Event
+
+if TYPE_CHECKING:
+    from .channel_names import Positions
 
 
 @runtime_checkable
 class Sink(Protocol):
     async def send(self, events: Sequence[Event[Any]]) -> None:
         """Deliver ``events`` (in order) or raise; partial delivery may repeat on retry."""
+
+
+async def send_to(
+    sink: Sink, events: Sequence[Event[Any]], positions: Mapping[UUID, Positions]
+) -> None:
+    """Hand ``events`` to ``sink``; one that sets ``takes_positions`` gets their positions.
+
+    A sink that declares ``takes_positions = True`` is called as
+    ``send(events, positions=...)``: each event's position on each of its channels.
+    """
+    if getattr(sink, "takes_positions", False):
+        await sink.send(events, positions=positions)  # type: ignore[call-arg]
+    else:
+        await sink.send(events)
 
 
 class InMemorySink:
@@ -35,12 +53,19 @@ class InMemorySink:
 
 
 class ChannelLayerSink:
-    """Broadcasts each event to its channels on the Channels layer (the default sink)."""
+    """Broadcasts each event to its channels on the Channels layer (the default sink).
 
-    async def send(self, events: Sequence[Event[Any]]) -> None:
+    Each message carries the event's position on its channel, so readers order it.
+    """
+
+    takes_positions = True
+
+    async def send(
+        self, events: Sequence[Event[Any]], positions: Mapping[UUID, Positions] | None = None
+    ) -> None:
         from .bus import get_event_bus  # imports Channels only when this sink is used
 
-        await get_event_bus().broadcast(events)
+        await get_event_bus().broadcast(events, positions)
 
 
 @functools.cache

@@ -79,19 +79,25 @@ def _coerce(annotation: Any, value: Any) -> Any:
     return TypeAdapter(annotation).validate_python(value)
 
 
-def layer_message(event: Event[Any], channel: str, raw: str | None = None) -> dict[str, Any]:
+def layer_message(
+    event: Event[Any], channel: str, raw: str | None = None, position: int | None = None
+) -> dict[str, Any]:
     """The channel-layer message that carries ``event`` (its public JSON) to ``channel``.
 
-    id and event_type ride along so the fan-out and sockets can filter and dedupe
-    without parsing the event.
+    id, event_type and the position on ``channel`` ride along so the fan-out and sockets
+    can order, filter and dedupe without parsing the event. No position: the event is
+    not in the log (``EventSpec(log=False)``, ``EventBus.send``), so live only.
     """
-    return {
+    message: dict[str, Any] = {
         "type": MESSAGE_TYPE,
         "channel": channel,
         "id": str(event.id),
         "event_type": str(event.type.value),
         "event": raw or public_json(event),
     }
+    if position is not None:
+        message["position"] = position
+    return message
 
 
 def frame_json(frame: dict[str, Any]) -> str:
@@ -100,11 +106,12 @@ def frame_json(frame: dict[str, Any]) -> str:
 
 
 @functools.lru_cache(maxsize=16)
-def event_frame(channel: str, raw_event: str) -> str:
-    """The ``event`` frame around an event's public JSON.
+def event_frame(channel: str, raw_event: str, position: int | None = None) -> str:
+    """The ``event`` frame around an event's public JSON, with its position on ``channel``.
 
     The event is JSON already: splice it in rather than parse and dump it again. The
     fan-out asks once per socket for the same event: build the frame once, and let
     every socket's queue share it.
     """
-    return f'{{"type":"event","channel":{json.dumps(channel)},"event":{raw_event}}}'
+    where = "" if position is None else f',"position":{int(position)}'
+    return f'{{"type":"event","channel":{json.dumps(channel)}{where},"event":{raw_event}}}'

@@ -19,6 +19,7 @@ from uuid import uuid4
 
 import pytest
 from django.core.management import CommandError, call_command
+from django.db import connection
 from django.test import override_settings
 
 from eventbus.bus import EventBus
@@ -274,6 +275,8 @@ def test_tail_stops_cleanly_on_ctrl_c(redis_layer, redis_server: RedisServer, ca
         **os.environ,
         "DJANGO_SETTINGS_MODULE": "tests.settings",
         "EVENTBUS_TEST_REDIS_URL": redis_layer,
+        # The tail reads where each stream stands from the log: the test's database.
+        "EVENTBUS_TEST_DB_NAME": str(connection.settings_dict["NAME"]),
         "PYTHONPATH": str(REPO_ROOT),
     }
     process = subprocess.Popen(

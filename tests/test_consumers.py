@@ -5,6 +5,7 @@ import json
 import time
 from datetime import timedelta
 from typing import Any
+from unittest.mock import ANY
 from uuid import uuid4
 
 import pytest
@@ -21,6 +22,7 @@ from eventbus.consumers import EventStreamConsumer
 from eventbus.fanout import get_fanout
 from eventbus.models import EventRecord
 from eventbus.relay import Relay
+from eventbus.streams import aread, positions_of
 from tests.testapp.events import ShopEvent
 from tests.testapp.models import Membership
 
@@ -73,6 +75,20 @@ class Client:
         return await self.recv()
 
 
+def subscribed(replayed: int = 0, position: int = 0, channel: str = CHANNEL) -> dict[str, Any]:
+    return {
+        "type": "subscribed",
+        "channel": channel,
+        "replayed": replayed,
+        "epoch": ANY,
+        "position": position,
+    }
+
+
+def reset(reason: str, position: int, channel: str = CHANNEL) -> dict[str, Any]:
+    return {"type": "reset", "channel": channel, "reason": reason, "epoch": ANY, "position": position}
+
+
 async def publish_order(order_id: int, project=PROJECT, **options: Any):
     return await apublish(
         ShopEvent.ORDER_DELETED, {"order_id": order_id}, project_id=project, **options
@@ -82,10 +98,11 @@ async def publish_order(order_id: int, project=PROJECT, **options: Any):
 @override_settings(EVENTBUS=SETTINGS)
 async def test_subscribe_then_receive_live_events(member):
     async with Client(member) as client:
-        assert await client.subscribe() == {"type": "subscribed", "channel": CHANNEL, "replayed": 0}
+        assert await client.subscribe() == subscribed()
         event = await publish_order(1)
         frame = await client.recv()
         assert frame["type"] == "event" and frame["channel"] == CHANNEL
+        assert frame["position"] == 1
         assert frame["event"]["id"] == str(event.id)
         assert frame["event"]["payload"] == {"order_id": 1}
         await publish_order(2, project=uuid4())  # another project's channel
@@ -287,7 +304,9 @@ async def test_resume_sends_nothing_twice_at_the_seam(member):
     async with Client(member) as client:
         await client.subscribe(since=str(seen.id))
         assert (await client.recv())["event"]["id"] == str(missed.id)
-        await EventBus().send(CHANNEL, missed)  # e.g. the relay retrying it
+        # The relay sending it again, at its position.
+        positions = await aread(positions_of, [missed.id])
+        await get_event_bus().broadcast([missed], positions)
         assert await client.nothing()
 
 
@@ -309,11 +328,7 @@ async def test_resume_does_not_skip_events_committed_out_of_id_order(member):
 async def test_resume_from_an_unknown_event_says_reset(member):
     async with Client(member) as client:
         await client.subscribe(since=str(uuid4()))
-        assert await client.recv() == {
-            "type": "reset",
-            "channel": CHANNEL,
-            "reason": "since_unknown",
-        }
+        assert await client.recv() == reset("since_unknown", position=0)
         live = await publish_order(1)
         assert (await client.recv())["event"]["id"] == str(live.id)
 
@@ -335,11 +350,7 @@ async def test_too_many_missed_events_says_reset(member):
         await publish_order(n)
     async with Client(member) as client:
         assert (await client.subscribe(since=str(seen.id)))["replayed"] == 0
-        assert await client.recv() == {
-            "type": "reset",
-            "channel": CHANNEL,
-            "reason": "too_many_missed",
-        }
+        assert await client.recv() == reset("too_many_missed", position=5)
 
 
 # -- access that ends while the socket is open ------------------------------------
@@ -442,16 +453,8 @@ async def test_too_many_live_events_during_the_replay_says_reset(member, monkeyp
     seen = await publish_order(0)
     replay_with_live_events(monkeypatch, before=[], after=[1, 2, 3])
     async with Client(member) as client:
-        assert await client.subscribe(since=str(seen.id)) == {
-            "type": "subscribed",
-            "channel": CHANNEL,
-            "replayed": 0,
-        }
-        assert await client.recv() == {
-            "type": "reset",
-            "channel": CHANNEL,
-            "reason": "too_many_missed",
-        }
+        assert await client.subscribe(since=str(seen.id)) == subscribed(position=1)
+        assert await client.recv() == reset("too_many_missed", position=4)
         assert await client.nothing()
         live = await publish_order(4)
         assert (await client.recv())["event"]["id"] == str(live.id)
@@ -566,11 +569,7 @@ async def test_too_many_live_events_while_the_replay_goes_out_says_reset(member,
     monkeypatch.setattr(EventStreamConsumer, "_send_text", send_text)
     async with Client(member) as client:
         assert (await client.subscribe(since=str(seen.id)))["type"] == "subscribed"
-        assert await client.recv() == {
-            "type": "reset",
-            "channel": CHANNEL,
-            "reason": "too_many_missed",
-        }
+        assert await client.recv() == reset("too_many_missed", position=1)
         assert await client.nothing()
 
 

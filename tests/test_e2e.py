@@ -105,7 +105,8 @@ class Ws:
 
     async def subscribe(self, channel: str) -> None:
         await self.send({"action": "subscribe", "channel": channel})
-        assert await self.recv() == {"type": "subscribed", "channel": channel, "replayed": 0}
+        frame = await self.recv()
+        assert (frame["type"], frame["channel"], frame["replayed"]) == ("subscribed", channel, 0)
 
     async def close(self) -> None:
         await self.conn.close()
@@ -256,7 +257,8 @@ async def test_a_project_keyed_by_its_own_keys_goes_publish_log_relay_websocket(
     resumed = await Ws.open(server, session)
     try:
         await resumed.send({"action": "subscribe", "channel": channel, "since": str(first.id)})
-        assert await resumed.recv() == {"type": "subscribed", "channel": channel, "replayed": 1}
+        frame = await resumed.recv()
+        assert (frame["type"], frame["replayed"], frame["position"]) == ("subscribed", 1, 1)
         replayed = await resumed.recv()
         assert replayed["event"]["id"] == str(second.id)
     finally:

@@ -11,6 +11,9 @@ from django.test import override_settings
 from eventbus.fanout import LocalFanout, get_fanout
 from tests.services import RedisServer
 
+# Joining a group reads where its stream stands in the log, from the stream reader's thread.
+pytestmark = pytest.mark.django_db(transaction=True)
+
 TIMEOUT = 5.0
 
 
@@ -18,6 +21,9 @@ class Recorder:
     def __init__(self) -> None:
         self.messages: list[dict[str, Any]] = []
         self.arrived = asyncio.Event()
+
+    def on_reset(self, message: dict[str, Any]) -> None:
+        self.on_message(message)
 
     def on_message(self, message: dict[str, Any]) -> None:
         self.messages.append(message)

@@ -18,6 +18,9 @@ from eventbus.bus import EventBus, get_event_bus
 from eventbus.fanout import get_fanout
 from tests.testapp.events import ShopEvent
 
+# Subscribing reads where each stream stands in the log, from the stream reader's thread.
+pytestmark = pytest.mark.django_db(transaction=True)
+
 CORE = "channels_redis.core.RedisChannelLayer"
 PUBSUB = "channels_redis.pubsub.RedisPubSubChannelLayer"
 EVENTBUS = {

@@ -7,19 +7,24 @@
  *   const bus = new EventBusClient("/ws/events/", {
  *     onStatus: (state, detail) => {},  // "connecting", "open", "reconnecting" ({delay, code}),
  *                                       // "signed_out" (close code 4401), "closed"
- *     onReset: (channel, reason) => {}, // the missed events cannot be replayed: reload your state
+ *     onReset: (channel, reason, {epoch, position}) => {}, // the gap cannot be filled: reload
+ *                                       // your state; events after `position` follow
  *     onError: (frame) => {},           // error frames; also {type: "unsubscribed", reason:
  *                                       // "forbidden"} when access ends while connected
  *   });
- *   const stop = bus.subscribe(channel, { since: null, types: ["ticket.*"] }, (event, channel) => {});
+ *   const stop = bus.subscribe(channel, { position: null, epoch: null, types: ["ticket.*"] },
+ *                              (event, channel, position) => {});
  *   bus.connect();
  *   stop();      // the same as bus.unsubscribe(channel)
  *   bus.close();
  *
- * Lost connections come back with exponential backoff and jitter; each channel is then
- * subscribed again with `since` = the last event id seen on it, so the server replays
- * what was missed. Events already delivered (by id, the last `dedupeSize` per channel)
- * are dropped: delivery is at least once. A ping every `pingInterval` ms keeps the
+ * Every event frame carries its position on its channel's stream. Lost connections come
+ * back with exponential backoff and jitter; each channel is then subscribed again with
+ * the last position (and epoch) the server gave, so the server replays exactly what
+ * came after it, in order. An event at or before the position reached is dropped, so
+ * each reaches `onEvent` once; events kept out of the log have no position and are
+ * deduplicated by id (the last `dedupeSize` per channel). `bus.position(channel)` tells
+ * where a channel stands, to store and pass back as `{position, epoch}` on a later page. A ping every `pingInterval` ms keeps the
  * connection alive, and one that stays silent for a whole interval is replaced.
  * Close code 4401 (signed out) stops the client until connect() is called again.
  */
@@ -56,14 +61,21 @@ export class EventBusClient {
   }
 
   /**
-   * Receive the events of `channel` as `onEvent(event, channel)`; return a function that
-   * unsubscribes. `since`: the id of the last event already seen, to replay the ones after
-   * it. `types`: shell-style patterns of the event types wanted (null: all).
+   * Receive the events of `channel` as `onEvent(event, channel, position)`; return a
+   * function that unsubscribes. `position` (with its `epoch`): where the caller stands on
+   * the channel, to replay what came after it; `since` (an event id) is the older way.
+   * `types`: shell-style patterns of the event types wanted (null: all).
    */
-  subscribe(channel, { since = null, types = null } = {}, onEvent = () => {}) {
+  subscribe(
+    channel,
+    { position = null, epoch = null, since = null, types = null } = {},
+    onEvent = () => {},
+  ) {
     const previous = this._channels.get(channel);
     const entry = {
-      since: since ?? previous?.since ?? null,
+      position: position ?? previous?.position ?? null,
+      epoch: epoch ?? previous?.epoch ?? null,
+      since: position === null ? since : null,
       types,
       onEvent,
       seen: previous?.seen ?? new Set(),
@@ -77,6 +89,12 @@ export class EventBusClient {
 
   unsubscribe(channel) {
     if (this._channels.delete(channel)) this._send({ action: "unsubscribe", channel });
+  }
+
+  /** Where `channel` stands: `{position, epoch}` (null before the server said). */
+  position(channel) {
+    const entry = this._channels.get(channel);
+    return entry === undefined ? null : { position: entry.position, epoch: entry.epoch };
   }
 
   /** Close the connection for good; subscriptions are kept for a later connect(). */
@@ -155,9 +173,25 @@ export class EventBusClient {
     this._attempts = 0; // the server answers: the next outage starts from minDelay again
     const entry = this._channels.get(frame.channel);
     if (frame.type === "event") {
-      if (entry !== undefined) this._deliver(frame.channel, entry, frame.event);
+      if (entry !== undefined) this._deliver(frame.channel, entry, frame);
+    } else if (frame.type === "subscribed") {
+      if (entry !== undefined) {
+        entry.since = null; // positions from now on
+        entry.epoch = frame.epoch;
+        if (entry.position === null || entry.position < frame.position) {
+          entry.position = frame.position;
+        }
+      }
     } else if (frame.type === "reset") {
-      if (entry !== undefined) this.options.onReset?.(frame.channel, frame.reason);
+      if (entry !== undefined) {
+        entry.since = null;
+        entry.position = frame.position;
+        entry.epoch = frame.epoch;
+        this.options.onReset?.(frame.channel, frame.reason, {
+          epoch: frame.epoch,
+          position: frame.position,
+        });
+      }
     } else if (frame.type === "unsubscribed") {
       if (frame.reason === "forbidden" && entry !== undefined) {
         this._channels.delete(frame.channel);
@@ -170,18 +204,31 @@ export class EventBusClient {
     }
   }
 
-  _deliver(channel, entry, event) {
-    if (entry.seen.has(event.id)) return;
-    entry.seen.add(event.id);
-    if (entry.seen.size > this.options.dedupeSize) {
-      entry.seen.delete(entry.seen.values().next().value); // the oldest: Sets keep order
+  _deliver(channel, entry, frame) {
+    const { event, position } = frame;
+    if (position !== undefined) {
+      if (entry.position !== null && position <= entry.position) return; // had it already
+      entry.position = position;
+    } else {
+      // Not in the log, so no position: dedupe by id.
+      if (entry.seen.has(event.id)) return;
+      entry.seen.add(event.id);
+      if (entry.seen.size > this.options.dedupeSize) {
+        entry.seen.delete(entry.seen.values().next().value); // the oldest: Sets keep order
+      }
     }
-    entry.since = event.id;
-    entry.onEvent(event, channel);
+    entry.onEvent(event, channel, position ?? null);
   }
 
   _sendSubscribe(channel, entry) {
-    this._send({ action: "subscribe", channel, since: entry.since, types: entry.types });
+    const frame = { action: "subscribe", channel, types: entry.types };
+    if (entry.position !== null) {
+      frame.position = entry.position;
+      if (entry.epoch) frame.epoch = entry.epoch;
+    } else if (entry.since !== null) {
+      frame.since = entry.since;
+    }
+    this._send(frame);
   }
 
   _send(frame) {

@@ -1,0 +1,172 @@
+"""Channel streams: one position per channel for each event, given once and read back.
+
+The relay numbers an event on each of its channels when it first claims it, in the same
+transaction (:func:`assign_positions`); live delivery and replay then share that order.
+Readers (a resuming socket, a process's fan-out catching up, a Python subscription) read
+a channel's events after a position with one index range query (:func:`read_after`).
+The models are imported inside each function: ``eventbus.bus`` reaches this module when
+the package is imported, before Django's app registry is ready.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any, TypeVar
+from uuid import UUID
+
+from asgiref.sync import sync_to_async
+from django.db import close_old_connections, router
+
+from .channel_names import Positions
+from .envelope import Event
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True, slots=True)
+class Head:
+    """Where a channel's stream stands: its epoch and its last position (0: no event yet)."""
+
+    epoch: str
+    position: int
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """One event read back from a channel's stream, at its position."""
+
+    position: int
+    event: Event[Any] | None  # None: its row no longer reads under the catalog
+    event_id: UUID
+    event_type: str
+
+
+def new_epoch() -> str:
+    return secrets.token_hex(4)
+
+
+def assign_positions(
+    events: Sequence[tuple[UUID, Sequence[str]]], using: str | None = None
+) -> dict[UUID, Positions]:
+    """Give each event the next position on each of its channels, in the order given.
+
+    Call inside the transaction that claims the events: each channel's head stays
+    locked until it commits, so positions become visible in order. Heads are locked
+    in channel order, so two claims never wait on each other in a circle.
+    """
+    from .models import StreamEntry, StreamHead
+
+    alias = using or router.db_for_write(StreamHead)
+    names = sorted({channel for _, channels in events for channel in channels})
+    if not names:
+        return {}
+    heads = StreamHead.objects.using(alias)
+    heads.bulk_create(
+        [StreamHead(channel=name, epoch=new_epoch()) for name in names], ignore_conflicts=True
+    )
+    locked = {
+        head.channel: head
+        for head in heads.select_for_update().filter(channel__in=names).order_by("channel")
+    }
+    positions: dict[UUID, Positions] = {}
+    entries = []
+    for event_id, channels in events:
+        mine = positions[event_id] = {}
+        for channel in dict.fromkeys(channels):
+            head = locked[channel]
+            head.position += 1
+            mine[channel] = head.position
+            entries.append(StreamEntry(channel=channel, position=head.position, event_id=event_id))
+    heads.bulk_update(list(locked.values()), ["position"])
+    StreamEntry.objects.using(alias).bulk_create(entries)
+    return positions
+
+
+def positions_of(event_ids: Iterable[UUID], using: str | None = None) -> dict[UUID, Positions]:
+    """The positions given already (an event sent again keeps its positions)."""
+    from .models import StreamEntry
+
+    found: dict[UUID, Positions] = {}
+    rows = (
+        StreamEntry.objects.using(using or router.db_for_read(StreamEntry))
+        .filter(event_id__in=list(event_ids))
+        .values_list("event_id", "channel", "position")
+    )
+    for event_id, channel, position in rows:
+        found.setdefault(event_id, {})[channel] = position
+    return found
+
+
+def heads(channels: Iterable[str], using: str | None = None) -> dict[str, Head]:
+    """Where each channel's stream stands; a channel with no event yet is at 0, epoch ''."""
+    from .models import StreamHead
+
+    names = list(channels)
+    found = {
+        channel: Head(epoch, position)
+        for channel, epoch, position in StreamHead.objects.using(
+            using or router.db_for_read(StreamHead)
+        )
+        .filter(channel__in=names)
+        .values_list("channel", "epoch", "position")
+    }
+    return {name: found.get(name, Head("", 0)) for name in names}
+
+
+def position_of(event_id: UUID, channel: str, using: str | None = None) -> int | None:
+    """The position of one event on ``channel``, if it has one there."""
+    from .models import StreamEntry
+
+    return (
+        StreamEntry.objects.using(using or router.db_for_read(StreamEntry))
+        .filter(event_id=event_id, channel=channel)
+        .values_list("position", flat=True)
+        .first()
+    )
+
+
+def read_after(channel: str, after: int, limit: int, using: str | None = None) -> list[Entry]:
+    """The channel's entries with a position over ``after``, in order, at most ``limit``.
+
+    One range scan of the (channel, position) index, whatever the size of the log.
+    """
+    from .models import EVENT_COLUMNS, StreamEntry, event_from_columns
+
+    rows = (
+        StreamEntry.objects.using(using or router.db_for_read(StreamEntry))
+        .filter(channel=channel, position__gt=after)
+        .order_by("position")
+        .values_list("position", *(f"event__{column}" for column in EVENT_COLUMNS))[:limit]
+    )
+    entries = []
+    for position, *columns in rows:
+        try:
+            event: Event[Any] | None = event_from_columns(*columns)
+        except Exception:  # a row that no longer reads: the relay marks it failed
+            event = None
+        entries.append(Entry(position, event, columns[0], columns[1]))
+    return entries
+
+
+_reader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="eventbus-streams")
+
+
+async def aread(func: Callable[..., T], *args: Any) -> T:
+    """Run a stream read from async code, on a thread of its own.
+
+    Not on asgiref's shared thread: a long replay must not hold up other sockets'
+    session loading and authorization, which wait there. Connections are closed around
+    it, as Channels does for its database calls.
+    """
+
+    def call() -> T:
+        close_old_connections()
+        try:
+            return func(*args)
+        finally:
+            close_old_connections()
+
+    return await sync_to_async(call, thread_sensitive=False, executor=_reader)()
