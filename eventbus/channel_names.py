@@ -15,12 +15,13 @@ from .envelope import ActorType, Event
 from .exceptions import InvalidChannelError
 from .ids import parse_uuid
 
-_CHANNEL_NAME = re.compile(r"^[A-Za-z0-9._-]{1,90}$")
+# fullmatch, not match with `$`: `$` also matches before a trailing newline.
+_CHANNEL_NAME = re.compile(r"[A-Za-z0-9._-]{1,90}")
 
 
 def validate_channel(channel: object) -> str:
     """Return ``channel`` if it is a usable group name, else raise InvalidChannelError."""
-    if not isinstance(channel, str) or not _CHANNEL_NAME.match(channel):
+    if not isinstance(channel, str) or not _CHANNEL_NAME.fullmatch(channel):
         raise InvalidChannelError(
             f"{channel!r} is not a valid channel name: use 1 to 90 ASCII letters, digits, "
             "'.', '-' or '_'."
