@@ -33,6 +33,7 @@ SETTINGS = {
     "AUTHORIZE": "tests.testapp.authorization.may_subscribe",
     "WS_REAUTHORIZE_SECONDS": 0.2,
 }
+RECHECK_BY_HAND = {**SETTINGS, "WS_REAUTHORIZE_SECONDS": 3600}
 
 
 @pytest.fixture
@@ -379,6 +380,87 @@ async def test_logout_closes_the_socket_within_the_reauthorize_interval(member):
         assert (closed["type"], closed["code"]) == ("websocket.close", 4401)
 
 
+def signed_in_session(user: Any) -> Any:
+    """A real session of ``user``, as ``login()`` leaves it (the hash of its password)."""
+    from django.contrib.auth import BACKEND_SESSION_KEY, HASH_SESSION_KEY, SESSION_KEY
+    from django.contrib.sessions.backends.db import SessionStore
+
+    session = SessionStore()
+    session[SESSION_KEY] = str(user.pk)
+    session[BACKEND_SESSION_KEY] = "django.contrib.auth.backends.ModelBackend"
+    session[HASH_SESSION_KEY] = user.get_session_auth_hash()
+    session.save()
+    return session
+
+
+def change_password(user: Any) -> None:
+    fresh = get_user_model().objects.get(pk=user.pk)
+    fresh.set_password("a new password")
+    fresh.save()
+
+
+def deactivate(user: Any) -> None:
+    get_user_model().objects.filter(pk=user.pk).update(is_active=False)
+
+
+def delete(user: Any) -> None:
+    get_user_model().objects.filter(pk=user.pk).delete()
+
+
+@override_settings(EVENTBUS=SETTINGS)
+@pytest.mark.parametrize("change", [change_password, deactivate, delete])
+async def test_account_changes_close_the_socket_within_the_reauthorize_interval(member, change):
+    """The scope's user is the one loaded at connect; the recheck must load it again."""
+    session = await sync_to_async(signed_in_session)(member)
+    async with Client(member, session=session) as client:
+        await client.subscribe()
+        await asyncio.sleep(0.4)
+        assert await client.nothing()  # unchanged: stays open
+        started = time.monotonic()
+        await sync_to_async(change)(member)
+        closed = await client.ws.receive_output(timeout=2)
+        assert (closed["type"], closed["code"]) == ("websocket.close", 4401)
+        assert time.monotonic() - started <= SETTINGS["WS_REAUTHORIZE_SECONDS"] + 1
+
+
+@override_settings(EVENTBUS=SETTINGS)
+@pytest.mark.parametrize("change", [deactivate, delete])
+async def test_account_changes_close_sockets_without_a_session_too(member, change):
+    async with Client(member) as client:
+        await client.subscribe()
+        await sync_to_async(change)(member)
+        closed = await client.ws.receive_output(timeout=2)
+        assert (closed["type"], closed["code"]) == ("websocket.close", 4401)
+
+
+@override_settings(EVENTBUS=RECHECK_BY_HAND)
+async def test_the_recheck_loads_each_user_once(member):
+    sessions = [await sync_to_async(signed_in_session)(member) for _ in range(3)]
+    async with Client(member, sessions[0]) as a, Client(member, sessions[1]) as b:
+        async with Client(member, sessions[2]) as c:
+            for client in (a, b, c):
+                await client.subscribe()
+            queries: list[str] = []
+
+            def count(execute: Any, sql: str, *args: Any) -> Any:
+                queries.append(sql)
+                return execute(sql, *args)
+
+            from django.db import connection
+
+            def check() -> None:
+                with connection.execute_wrapper(count):
+                    access._verdicts(
+                        [(s, member, (CHANNEL,)) for s in sessions], access.authorize_hook()
+                    )
+
+            await sync_to_async(check)()
+            user_table = get_user_model()._meta.db_table
+            assert sum(f'FROM "{user_table}"' in q for q in queries) == 1
+            for client in (a, b, c):
+                assert await client.nothing()
+
+
 @override_settings(EVENTBUS=SETTINGS)
 async def test_users_other_than_members_are_refused(django_user_model):
     stranger = await sync_to_async(get_user_model().objects.create)(username="stranger")
@@ -489,9 +571,6 @@ def failing_hook(user: Any, channel: str) -> bool:
     return True
 
 
-RECHECK_BY_HAND = {**SETTINGS, "WS_REAUTHORIZE_SECONDS": 3600}
-
-
 @override_settings(EVENTBUS={**RECHECK_BY_HAND, "AUTHORIZE": "tests.test_consumers.counting_hook"})
 async def test_the_recheck_asks_once_per_user_and_channel_and_reads_each_session_once(
     member, django_user_model, monkeypatch
@@ -500,9 +579,9 @@ async def test_the_recheck_asks_once_per_user_and_channel_and_reads_each_session
     sessions_read: list[Any] = []
     original = access.session_still_valid
 
-    def counting_session_check(session: Any, user: Any) -> bool:
+    def counting_session_check(session: Any, user: Any, users: Any = None) -> bool:
         sessions_read.append(session)
-        return original(session, user)
+        return original(session, user, users)
 
     monkeypatch.setattr(access, "session_still_valid", counting_session_check)
     second = uuid4()
