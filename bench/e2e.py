@@ -122,7 +122,15 @@ def services(
             "EVENTBUS_TEST_REDIS_URL": redis_url,
             "EVENTBUS_TEST_LAYER": LAYER,
             "EVENTBUS_TEST_DB_NAME": str(connection.settings_dict["NAME"]),
-            "EVENTBUS_TEST_SETTINGS_OVERRIDE": json.dumps({"WS_SEND_TIMEOUT": SEND_TIMEOUT}),
+            # One signed-in user holds up to 1,000 sockets here, opened at once: the
+            # per-user limits against hostile clients would refuse most of them.
+            "EVENTBUS_TEST_SETTINGS_OVERRIDE": json.dumps(
+                {
+                    "WS_SEND_TIMEOUT": SEND_TIMEOUT,
+                    "WS_MAX_CONNECTIONS_PER_USER": 100_000,
+                    "WS_CONNECTS_PER_MINUTE": 100_000,
+                }
+            ),
             "EVENTBUS_TEST_LOG": "1",  # eventbus's warnings, for _until_given_up
             **(server_env or {}),
         }
