@@ -4,7 +4,7 @@
 # Hostile clients against real uvicorn and daphne processes on loopback (tests/security):
 # origins, forged and expired sessions, 2,000 cross-tenant subscribes while 1,000 events
 # flow, 10,000 fuzzed frames, access loss, connection caps and rates, a never-reading
-# client over 20,000 events. Prints a table per server. About 5 minutes on 2 cores.
+# client over 20,000 events. Prints a table per server. About 3 minutes on 2 cores.
 # The quick version of the same scenarios runs with the test suite (scripts/test.sh).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
