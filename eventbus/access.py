@@ -120,6 +120,7 @@ def _verdicts(
     hook: Callable[[Any, str], bool] | None,
 ) -> list[Verdict]:
     sessions: dict[tuple[bool, str | None, Any], bool] = {}
+    users: dict[tuple[str, str], Any] = {}
     allowed: dict[tuple[Any, str], bool | None] = {}
     verdicts = []
     for session, user, channels in requests:
@@ -127,7 +128,7 @@ def _verdicts(
         if signed_in:
             key = (session is None, getattr(session, "session_key", None), user.pk)
             if key not in sessions:
-                sessions[key] = session_still_valid(session, user)
+                sessions[key] = session_still_valid(session, user, users)
             if not sessions[key]:
                 verdicts.append(Verdict(signed_out=True))
                 continue
@@ -154,23 +155,65 @@ def _ask(hook: Callable[[Any, str], bool], user: Any, channel: str) -> bool | No
         return None
 
 
-def session_still_valid(session: Any, user: Any) -> bool:
-    """Re-read the session from its store: a logout flushes it.
+def session_still_valid(
+    session: Any, user: Any, users: dict[tuple[str, str], Any] | None = None
+) -> bool:
+    """Whether ``user`` is still signed in, as ``django.contrib.auth.get_user`` would decide.
 
-    A user authenticated some other way (no session in the scope) stays valid.
+    The session is read again from its store (a logout flushes it), the user is loaded
+    again through the session's backend (deleted or deactivated: gone), and the
+    session's auth hash is compared with the fresh user's, fallback keys included (a
+    password change ends other sessions). ``users`` caches loaded users for one recheck.
+    A user authenticated some other way (no session in the scope) stays valid while it
+    exists and is active.
     """
     from django.conf import settings
-    from django.contrib.auth import BACKEND_SESSION_KEY, HASH_SESSION_KEY, SESSION_KEY
+    from django.contrib.auth import (
+        BACKEND_SESSION_KEY,
+        HASH_SESSION_KEY,
+        SESSION_KEY,
+        get_user_model,
+        load_backend,
+    )
     from django.utils.crypto import constant_time_compare
 
+    users = {} if users is None else users
     if session is None:
-        return True
+        fresh_user = _load_user(users, "", str(user.pk), get_user_model()._default_manager)
+        return fresh_user is not None and getattr(fresh_user, "is_active", True) is not False
     key = session.session_key
     if key is None:
         return False
     engine = import_string(f"{settings.SESSION_ENGINE}.SessionStore")
     fresh = engine(session_key=key)
-    if str(fresh.get(SESSION_KEY)) != str(user.pk) or BACKEND_SESSION_KEY not in fresh:
+    backend_path = fresh.get(BACKEND_SESSION_KEY)
+    user_id = fresh.get(SESSION_KEY)
+    if (
+        user_id is None
+        or str(user_id) != str(user.pk)
+        or backend_path not in settings.AUTHENTICATION_BACKENDS
+    ):
         return False
+    fresh_user = _load_user(users, backend_path, str(user_id), load_backend(backend_path))
+    if fresh_user is None:  # deleted, or refused by the backend (is_active=False)
+        return False
+    if not hasattr(fresh_user, "get_session_auth_hash"):
+        return True
     session_hash = fresh.get(HASH_SESSION_KEY)
-    return bool(session_hash) and constant_time_compare(session_hash, user.get_session_auth_hash())
+    if not session_hash:
+        return False
+    return constant_time_compare(session_hash, fresh_user.get_session_auth_hash()) or any(
+        constant_time_compare(session_hash, fallback)
+        for fallback in fresh_user.get_session_auth_fallback_hash()
+    )
+
+
+def _load_user(users: dict[tuple[str, str], Any], backend_path: str, pk: str, source: Any) -> Any:
+    """One load per backend and user id in a recheck, however many sessions share them."""
+    key = (backend_path, pk)
+    if key not in users:
+        if backend_path:
+            users[key] = source.get_user(pk)
+        else:
+            users[key] = source.filter(pk=pk).first()
+    return users[key]

@@ -23,12 +23,13 @@ from .ids import ObjectKey, key_slug, parse_key
 Positions = dict[str, int]
 """An event's position on each of its channels' streams (``eventbus.streams``)."""
 
-_CHANNEL_NAME = re.compile(r"^[A-Za-z0-9._-]{1,90}$")
+# fullmatch, not match with `$`: `$` also matches before a trailing newline.
+_CHANNEL_NAME = re.compile(r"[A-Za-z0-9._-]{1,90}")
 
 
 def validate_channel(channel: object) -> str:
     """Return ``channel`` if it is a usable group name, else raise InvalidChannelError."""
-    if not isinstance(channel, str) or not _CHANNEL_NAME.match(channel):
+    if not isinstance(channel, str) or not _CHANNEL_NAME.fullmatch(channel):
         raise InvalidChannelError(
             f"{channel!r} is not a valid channel name: use 1 to 90 ASCII letters, digits, "
             "'.', '-' or '_'."

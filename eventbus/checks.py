@@ -34,10 +34,13 @@ E011 = "eventbus.E011"  # SINK cannot be imported or has no send
 E012 = "eventbus.E012"  # the sink broadcasts on a layer CHANNEL_LAYERS lacks
 E013 = "eventbus.E013"  # CHANNEL_ROUTER cannot be imported
 E014 = "eventbus.E014"  # a numeric setting is not a positive number
+E015 = "eventbus.E015"  # WS_ALLOWED_ORIGINS is not a list of origins
 W001 = "eventbus.W001"  # CATALOGS is empty
 W002 = "eventbus.W002"  # a payload model is not frozen
 W003 = "eventbus.W003"  # no AUTHORIZE hook
 W004 = "eventbus.W004"  # another RedisChannelLayer alias with redis-py 8 and no socket_timeout
+W005 = "eventbus.W005"  # daphne's runserver reads WebSocket messages far over WS_MAX_FRAME_BYTES
+W006 = "eventbus.W006"  # (deploy) daphne serves WebSockets: no backpressure, no bound
 
 _NUMBERS = (
     "MAX_PAYLOAD_BYTES",
@@ -55,12 +58,20 @@ _NUMBERS = (
     "WS_SEND_TIMEOUT",
     "WS_SEND_QUEUE",
     "RESUME_MAX_EVENTS",
+    "WS_MAX_CONNECTIONS_PER_USER",
+    "WS_MAX_CONNECTIONS_PER_IP",
+    "WS_CONNECTS_PER_MINUTE",
+    "WS_FRAMES_PER_MINUTE",
+    "WS_SUBSCRIBES_PER_MINUTE",
+    "WS_SUBSCRIBE_TIMEOUT",
+    "WS_ANONYMOUS_MAX_FORBIDDEN",
 )
 
 
 def register_checks() -> None:
     """Register the checks with Django (from ``AppConfig.ready()``)."""
     register(check_eventbus, Tags.compatibility)
+    register(check_daphne_deploy, Tags.security, deploy=True)
 
 
 def check_eventbus(
@@ -79,6 +90,8 @@ def check_eventbus(
             check_sink,
             check_router,
             check_numbers,
+            check_origins,
+            check_server_message_size,
         )
         for message in check(app_configs, **kwargs)
     ]
@@ -392,3 +405,83 @@ def check_numbers(
                 )
             )
     return messages
+
+
+def check_origins(
+    app_configs: Sequence[AppConfig] | None = None, **kwargs: Any
+) -> list[CheckMessage]:
+    if not _settings_usable():
+        return []
+    from .routing import parse_origin
+
+    origins = conf.get_settings().WS_ALLOWED_ORIGINS
+    if origins is None:
+        return []
+    bad = (
+        [repr(origins)]
+        if isinstance(origins, str) or not isinstance(origins, tuple)
+        else [repr(o) for o in origins if not isinstance(o, str) or parse_origin(o) is None]
+    )
+    if not bad:
+        return []
+    return [
+        Error(
+            f"EVENTBUS['WS_ALLOWED_ORIGINS'] must be a list of origins; not: {', '.join(bad)}.",
+            hint="Write each as a browser sends it: scheme://host[:port], e.g. "
+            "'https://app.example.com', with no path or trailing slash; or None for "
+            "ALLOWED_HOSTS.",
+            id=E015,
+        )
+    ]
+
+
+# A server limit this many times WS_MAX_FRAME_BYTES is enough: frames between the two
+# get eventbus's frame_too_large, larger ones are cut off by the server before it reads them.
+_SERVER_LIMIT_FACTOR = 4
+
+
+def _daphne_serves() -> bool:
+    from django.apps import apps
+
+    # Channels' docs put "daphne" in INSTALLED_APPS to make runserver daphne's.
+    return apps.is_installed("daphne")
+
+
+def check_server_message_size(
+    app_configs: Sequence[AppConfig] | None = None, **kwargs: Any
+) -> list[CheckMessage]:
+    """The one server whose WebSocket limit a check can read: daphne's runserver."""
+    if not _settings_usable() or not _daphne_serves():
+        return []
+    frame = conf.get_settings().WS_MAX_FRAME_BYTES
+    limit = getattr(django_settings, "DAPHNE_WEBSOCKET_MAX_MESSAGE_SIZE", 1024 * 1024)
+    if not isinstance(frame, int) or (
+        isinstance(limit, int) and 0 < limit <= frame * _SERVER_LIMIT_FACTOR
+    ):
+        return []
+    return [
+        Warning(
+            f"daphne's runserver reads WebSocket messages of up to {limit or 'any'} bytes "
+            f"before eventbus refuses those over WS_MAX_FRAME_BYTES ({frame}).",
+            hint=f"Set DAPHNE_WEBSOCKET_MAX_MESSAGE_SIZE = {frame * _SERVER_LIMIT_FACTOR} "
+            f"(daphne: --websocket-max-message-size; uvicorn: --ws-max-size).",
+            id=W005,
+        )
+    ]
+
+
+def check_daphne_deploy(
+    app_configs: Sequence[AppConfig] | None = None, **kwargs: Any
+) -> list[CheckMessage]:
+    if not _daphne_serves():
+        return []
+    return [
+        Warning(
+            "daphne is in INSTALLED_APPS: daphne buffers WebSocket frames without bound for "
+            "a client that does not read, so WS_SEND_QUEUE cannot hold (27 MB over 20,000 "
+            "events, and the socket was never closed).",
+            hint="Serve WebSockets with uvicorn --ws websockets-sansio in production; keep "
+            "daphne for runserver and silence this id if you do.",
+            id=W006,
+        )
+    ]

@@ -53,6 +53,19 @@ class EventBusSettings:
     # Frames that may wait for one socket; a socket that falls further behind is closed.
     WS_SEND_QUEUE: int = 1000
     RESUME_MAX_EVENTS: int = 1000
+    # Origins allowed to open a socket ("https://app.example.com"); None: ALLOWED_HOSTS'
+    # hosts on the port the client connected to.
+    WS_ALLOWED_ORIGINS: tuple[str, ...] | None = None
+    # Hostile clients (eventbus/limits.py): per server process, not global.
+    WS_MAX_CONNECTIONS_PER_USER: int = 20
+    WS_MAX_CONNECTIONS_PER_IP: int = 50
+    WS_CONNECTS_PER_MINUTE: int = 60
+    WS_FRAMES_PER_MINUTE: int = 600
+    WS_SUBSCRIBES_PER_MINUTE: int = 120
+    # Seconds a socket may stay open without ever subscribing.
+    WS_SUBSCRIBE_TIMEOUT: float = 60.0
+    # Forbidden subscribes an anonymous socket with no subscription may make.
+    WS_ANONYMOUS_MAX_FORBIDDEN: int = 3
     unknown_keys: tuple[str, ...] = field(default=())
 
 
@@ -64,7 +77,7 @@ def _read(raw: Any) -> EventBusSettings:
         # checks.E001 reports it; run with defaults meanwhile.
         return EventBusSettings()
     values = {key: raw[key] for key in _KNOWN if key in raw}
-    for key in ("CATALOGS", "HANDLER_MODULES"):
+    for key in ("CATALOGS", "HANDLER_MODULES", "WS_ALLOWED_ORIGINS"):
         if key in values and isinstance(values[key], list | tuple):
             values[key] = tuple(values[key])
     unknown = tuple(sorted(str(key) for key in raw if key not in _KNOWN))

@@ -5,10 +5,12 @@ The protocol is documented in docs/protocol.md.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import fnmatch
 import json
 import logging
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -25,6 +27,7 @@ from .cursor import RESET_TYPE
 from .exceptions import InvalidChannelError
 from .fanout import get_fanout
 from .ids import parse_uuid
+from .limits import Bucket, client_key, get_client_limits
 from .replay import Replay, load_replay
 from .sendqueue import SendQueue
 from .streams import aread
@@ -32,11 +35,18 @@ from .wire import event_frame, frame_json
 
 logger = logging.getLogger("eventbus.ws")
 
-CLOSE_POLICY_VIOLATION = 1008
+# Application codes (4000-4999): daphne's autobahn refuses to send 1008 (and 1xxx but 1000).
+CLOSE_TOO_MANY_ERRORS = 4008
 CLOSE_UNAUTHENTICATED = 4401
+CLOSE_NOTHING_ALLOWED = 4403
 CLOSE_TOO_SLOW = 4408
+CLOSE_NEVER_SUBSCRIBED = 4410
+CLOSE_TOO_MANY = 4429
 
 _MAX_PATTERNS = 50
+# The protocol nests two levels; "[[[[…" fits thousands in a few KiB, and json recurses
+# per level (RecursionError near 1,000, where exactly depends on the interpreter).
+_MAX_DEPTH = 16
 _ACTIONS = ("subscribe", "unsubscribe", "ping")
 
 
@@ -85,8 +95,13 @@ class EventStreamConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
     async def connect(self) -> None:
         self.subscriptions = {}
         self.errors = 0
+        self.forbidden = 0
+        self.ever_subscribed = False
+        self.closing = False
         self.user = self.scope.get("user")
         self.settings = conf.get_settings()
+        self.frame_bucket = Bucket(self.settings.WS_FRAMES_PER_MINUTE)
+        self.subscribe_bucket = Bucket(self.settings.WS_SUBSCRIBES_PER_MINUTE)
         self.fanout = get_fanout(get_event_bus().layer)
         self.send_queue = SendQueue(
             self._send_now,
@@ -96,10 +111,29 @@ class EventStreamConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
         )
         self._side_tasks = TaskSet()
         await self.accept()
+        _warn_once_if_daphne()
         if self.settings.AUTHORIZE is None and not is_authenticated(self.user):
             await self.close(code=CLOSE_UNAUTHENTICATED, reason="sign in first")
             return
+        # Accepted first, so that the client learns why (4429) and backs off.
+        key = client_key(self.scope, self.user)
+        refused = get_client_limits().admit(
+            key,
+            self.settings.WS_MAX_CONNECTIONS_PER_USER
+            if key[0] == "user"
+            else self.settings.WS_MAX_CONNECTIONS_PER_IP,
+            self.settings.WS_CONNECTS_PER_MINUTE,
+        )
+        if refused is not None:
+            logger.warning("Refusing a WebSocket of %s: %s", key, refused)
+            await self.close(code=CLOSE_TOO_MANY, reason=refused)
+            return
+        self.limit_key: tuple[str, str] | None = key
         get_access_watch().add(self)
+        # A timer, not a task: it costs an idle socket less.
+        self._idle_timer: asyncio.TimerHandle | None = asyncio.get_running_loop().call_later(
+            self.settings.WS_SUBSCRIBE_TIMEOUT, self._never_subscribed
+        )
 
     async def disconnect(self, code: int) -> None:
         await self._leave_all()
@@ -108,6 +142,11 @@ class EventStreamConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
         """Leave every group and the recheck; drop what is queued unless ``keep_queued``."""
         if not hasattr(self, "fanout"):  # never connected
             return
+        if (key := getattr(self, "limit_key", None)) is not None:
+            self.limit_key = None
+            get_client_limits().release(key)
+        if (timer := getattr(self, "_idle_timer", None)) is not None:
+            timer.cancel()
         get_access_watch().remove(self)
         if not keep_queued:
             self.send_queue.close()
@@ -121,7 +160,14 @@ class EventStreamConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
     async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
         action: str | None = None
         channel: str | None = None
+        if self.closing:  # frames that were on their way when it was closed
+            return
         try:
+            if not self.frame_bucket.take():
+                raise _FrameError(
+                    "rate_limited",
+                    f"At most {self.settings.WS_FRAMES_PER_MINUTE} frames a minute.",
+                )
             if text_data is None:
                 raise _FrameError("binary_not_supported", "Send JSON text frames, not binary.")
             if len(text_data.encode()) > self.settings.WS_MAX_FRAME_BYTES:
@@ -129,6 +175,8 @@ class EventStreamConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
                     "frame_too_large",
                     f"Frames are limited to {self.settings.WS_MAX_FRAME_BYTES} bytes.",
                 )
+            if _nested_deeper_than(text_data, _MAX_DEPTH):
+                raise _FrameError("invalid_json", "The frame is nested too deeply.")
             try:
                 data = json.loads(text_data)
             except ValueError:
@@ -141,6 +189,11 @@ class EventStreamConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
             if action == "ping":
                 await self._send_frame({"type": "pong"})
             elif action == "subscribe":
+                if not self.subscribe_bucket.take():
+                    raise _FrameError(
+                        "rate_limited",
+                        f"At most {self.settings.WS_SUBSCRIBES_PER_MINUTE} subscribes a minute.",
+                    )
                 await self._subscribe(data)
             elif action == "unsubscribe":
                 await self._unsubscribe(data)
@@ -150,6 +203,8 @@ class EventStreamConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
                 )
         except _FrameError as exc:
             await self._error(exc.code, str(exc), action, channel)
+            if exc.code == "forbidden":
+                await self._forbidden_once_more()
 
     async def _subscribe(self, data: dict[str, Any]) -> None:
         channel = _required_channel(data)
@@ -178,6 +233,7 @@ class EventStreamConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
         # `subscribed`, the missed events, then live ones, each once, in position order.
         state = _ChannelState(tuple(patterns) if patterns is not None else None, held=[])
         self.subscriptions[channel] = state
+        self.ever_subscribed = True
         head = await self.fanout.join(channel, self)
         if self.subscriptions.get(channel) is not state or self.send_queue.failed:
             # Left while joining (access revoked, socket given up): do not stay in.
@@ -303,6 +359,25 @@ class EventStreamConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
         for channel in forbidden:
             if channel in self.subscriptions:
                 await self._leave(channel, "forbidden")
+        if forbidden and not self.subscriptions and not is_authenticated(self.user):
+            await self._close_after_sending(CLOSE_NOTHING_ALLOWED, "no channel allowed")
+
+    # -- sockets that hold on without a purpose ------------------------------------
+
+    async def _forbidden_once_more(self) -> None:
+        """An anonymous socket with nothing allowed is closed after a few refusals."""
+        if is_authenticated(self.user) or self.subscriptions or self.closing:
+            return
+        self.forbidden += 1
+        if self.forbidden >= self.settings.WS_ANONYMOUS_MAX_FORBIDDEN:
+            await self._close_after_sending(CLOSE_NOTHING_ALLOWED, "no channel allowed")
+
+    def _never_subscribed(self) -> None:
+        self._idle_timer = None
+        if not self.ever_subscribed and not self.closing:
+            self._side_tasks.start(
+                self._close_after_sending(CLOSE_NEVER_SUBSCRIBED, "no subscription")
+            )
 
     # -- helpers ---------------------------------------------------------------
 
@@ -318,6 +393,9 @@ class EventStreamConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
     async def _close_after_sending(self, code: int, reason: str) -> None:
         # No more events; what is queued (the last error frame) goes out first, if the
         # client takes it within WS_SEND_TIMEOUT.
+        if self.closing:
+            return
+        self.closing = True
         await self._leave_all(keep_queued=True)
         await self.send_queue.drained(self.settings.WS_SEND_TIMEOUT)
         self.send_queue.close()
@@ -337,12 +415,44 @@ class EventStreamConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
             }
         )
         if self.errors >= self.settings.WS_MAX_ERRORS:
-            await self._close_after_sending(CLOSE_POLICY_VIOLATION, "too many bad frames")
+            if code == "rate_limited":
+                await self._close_after_sending(CLOSE_TOO_MANY, "too many frames")
+            else:
+                await self._close_after_sending(CLOSE_TOO_MANY_ERRORS, "too many bad frames")
 
     async def _leave(self, channel: str, reason: str) -> None:
         self.subscriptions.pop(channel, None)
         await self.fanout.leave(channel, self)
         await self._send_frame({"type": "unsubscribed", "channel": channel, "reason": reason})
+
+
+def _nested_deeper_than(text: str, limit: int) -> bool:
+    """Whether the JSON in ``text`` nests arrays and objects more than ``limit`` deep.
+
+    Brackets inside strings do not count. Counting first keeps the scan off the usual
+    frame, which has a handful of brackets at most.
+    """
+    if text.count("[") + text.count("{") <= limit:
+        return False
+    depth = 0
+    in_string = escaped = False
+    for char in text:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif char == "\\":
+                escaped = True
+            elif char == '"':
+                in_string = False
+        elif char == '"':
+            in_string = True
+        elif char in "[{":
+            depth += 1
+            if depth > limit:
+                return True
+        elif char in "]}":
+            depth -= 1
+    return False
 
 
 def _required_channel(data: dict[str, Any]) -> str:
@@ -381,3 +491,24 @@ def _reset_frame(channel: str, reason: str, epoch: str, position: int) -> dict[s
         "epoch": epoch,
         "position": position,
     }
+
+
+_daphne_warned = False
+
+
+def _warn_once_if_daphne() -> None:
+    """Daphne neither bounds what it buffers for a client that does not read nor applies
+    backpressure, so WS_SEND_QUEUE cannot hold under it. ASGI servers run no system
+    checks, so this is said here, once per process, where the server is known."""
+    global _daphne_warned
+    if _daphne_warned or "daphne.server" not in sys.modules:
+        return
+    reactor = sys.modules.get("twisted.internet.reactor")
+    if reactor is None or not getattr(reactor, "running", False):
+        return
+    _daphne_warned = True
+    logger.warning(
+        "eventbus WebSockets are served by daphne, which buffers frames without bound for "
+        "clients that do not read: serve them with uvicorn (--ws websockets-sansio) in "
+        "production (see README, Slow clients)"
+    )

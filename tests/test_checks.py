@@ -211,3 +211,47 @@ def test_redis_py_8_does_not_warn_about_the_pubsub_layer(monkeypatch):
     }
     with override_settings(CHANNEL_LAYERS={"default": pubsub, "chat": pubsub}):
         assert ids(run_checks()) == []
+@pytest.mark.parametrize(
+    ("origins", "expected"),
+    [
+        (["https://app.example.com", "http://localhost:8000"], []),
+        (None, []),
+        ("https://app.example.com", ["eventbus.E015"]),
+        (["https://app.example.com/"], ["eventbus.E015"]),
+        (["app.example.com"], ["eventbus.E015"]),
+        ([42], ["eventbus.E015"]),
+    ],
+)
+def test_allowed_origins_must_be_origins(origins, expected):
+    with override_settings(EVENTBUS={**BASE, "WS_ALLOWED_ORIGINS": origins}):
+        assert ids(run_checks()) == expected
+
+
+def with_daphne():
+    from django.conf import settings
+
+    return override_settings(INSTALLED_APPS=["daphne", *settings.INSTALLED_APPS])
+
+
+@pytest.mark.parametrize(
+    ("limit", "expected"),
+    [
+        (None, ["eventbus.W005"]),  # daphne's default: 1 MiB
+        (0, ["eventbus.W005"]),  # no limit at all
+        (64 * 1024, ["eventbus.W005"]),
+        (16 * 1024, []),
+    ],
+)
+def test_daphnes_runserver_message_limit_is_checked(limit, expected):
+    extra = {} if limit is None else {"DAPHNE_WEBSOCKET_MAX_MESSAGE_SIZE": limit}
+    with with_daphne(), override_settings(**extra):
+        assert ids(run_checks()) == expected
+
+
+def test_daphne_warns_at_deploy_only():
+    with with_daphne(), override_settings(DAPHNE_WEBSOCKET_MAX_MESSAGE_SIZE=16 * 1024):
+        assert ids(run_checks()) == []
+        deploy = [m for m in checks.run_checks(include_deployment_checks=True)]
+        assert "eventbus.W006" in ids(deploy)
+    deploy = checks.run_checks(include_deployment_checks=True)
+    assert "eventbus.W006" not in ids(deploy)

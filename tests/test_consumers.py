@@ -35,6 +35,7 @@ SETTINGS = {
     "AUTHORIZE": "tests.testapp.authorization.may_subscribe",
     "WS_REAUTHORIZE_SECONDS": 0.2,
 }
+RECHECK_BY_HAND = {**SETTINGS, "WS_REAUTHORIZE_SECONDS": 3600}
 
 
 @pytest.fixture
@@ -251,7 +252,7 @@ async def test_abuse_closes_the_connection(member):
             await client.send("garbage")
             assert (await client.recv())["code"] == "invalid_json"
         closed = await client.ws.receive_output(timeout=5)
-        assert (closed["type"], closed["code"]) == ("websocket.close", 1008)
+        assert (closed["type"], closed["code"]) == ("websocket.close", 4008)
 
 
 @override_settings(EVENTBUS={**SETTINGS, "AUTHORIZE": None})
@@ -390,6 +391,82 @@ async def test_logout_closes_the_socket_within_the_reauthorize_interval(member):
         assert (closed["type"], closed["code"]) == ("websocket.close", 4401)
 
 
+def signed_in_session(user: Any) -> Any:
+    """A real session of ``user``, as ``login()`` leaves it (the hash of its password)."""
+    from django.contrib.auth import BACKEND_SESSION_KEY, HASH_SESSION_KEY, SESSION_KEY
+    from django.contrib.sessions.backends.db import SessionStore
+
+    session = SessionStore()
+    session[SESSION_KEY] = str(user.pk)
+    session[BACKEND_SESSION_KEY] = "django.contrib.auth.backends.ModelBackend"
+    session[HASH_SESSION_KEY] = user.get_session_auth_hash()
+    session.save()
+    return session
+
+
+def change_password(user: Any) -> None:
+    fresh = get_user_model().objects.get(pk=user.pk)
+    fresh.set_password("a new password")
+    fresh.save()
+
+
+def deactivate(user: Any) -> None:
+    get_user_model().objects.filter(pk=user.pk).update(is_active=False)
+
+
+def delete(user: Any) -> None:
+    get_user_model().objects.filter(pk=user.pk).delete()
+
+
+@override_settings(EVENTBUS=SETTINGS)
+@pytest.mark.parametrize("change", [change_password, deactivate, delete])
+async def test_account_changes_close_the_socket_within_the_reauthorize_interval(member, change):
+    """The scope's user is the one loaded at connect; the recheck must load it again."""
+    session = await sync_to_async(signed_in_session)(member)
+    async with Client(member, session=session) as client:
+        await client.subscribe()
+        await asyncio.sleep(0.4)
+        assert await client.nothing()  # unchanged: stays open
+        started = time.monotonic()
+        await sync_to_async(change)(member)
+        closed = await client.ws.receive_output(timeout=2)
+        assert (closed["type"], closed["code"]) == ("websocket.close", 4401)
+        assert time.monotonic() - started <= SETTINGS["WS_REAUTHORIZE_SECONDS"] + 1
+
+
+@override_settings(EVENTBUS=SETTINGS)
+@pytest.mark.parametrize("change", [deactivate, delete])
+async def test_account_changes_close_sockets_without_a_session_too(member, change):
+    async with Client(member) as client:
+        await client.subscribe()
+        await sync_to_async(change)(member)
+        closed = await client.ws.receive_output(timeout=2)
+        assert (closed["type"], closed["code"]) == ("websocket.close", 4401)
+
+
+@override_settings(EVENTBUS=RECHECK_BY_HAND)
+async def test_the_recheck_loads_each_user_once(member):
+    sessions = [await sync_to_async(signed_in_session)(member) for _ in range(3)]
+    from django.db import connection
+
+    queries: list[str] = []
+
+    def count(execute: Any, sql: str, *args: Any) -> Any:
+        queries.append(sql)
+        return execute(sql, *args)
+
+    def check() -> list[access.Verdict]:
+        with connection.execute_wrapper(count):
+            return access._verdicts(
+                [(s, member, (CHANNEL,)) for s in sessions], access.authorize_hook()
+            )
+
+    verdicts = await sync_to_async(check)()
+    assert verdicts == [access.Verdict()] * 3
+    user_table = get_user_model()._meta.db_table
+    assert sum(f'FROM "{user_table}"' in q for q in queries) == 1
+
+
 @override_settings(EVENTBUS=SETTINGS)
 async def test_users_other_than_members_are_refused(django_user_model):
     stranger = await sync_to_async(get_user_model().objects.create)(username="stranger")
@@ -492,9 +569,6 @@ def failing_hook(user: Any, channel: str) -> bool:
     return True
 
 
-RECHECK_BY_HAND = {**SETTINGS, "WS_REAUTHORIZE_SECONDS": 3600}
-
-
 @override_settings(EVENTBUS={**RECHECK_BY_HAND, "AUTHORIZE": "tests.test_consumers.counting_hook"})
 async def test_the_recheck_asks_once_per_user_and_channel_and_reads_each_session_once(
     member, django_user_model, monkeypatch
@@ -503,9 +577,9 @@ async def test_the_recheck_asks_once_per_user_and_channel_and_reads_each_session
     sessions_read: list[Any] = []
     original = access.session_still_valid
 
-    def counting_session_check(session: Any, user: Any) -> bool:
+    def counting_session_check(session: Any, user: Any, users: Any = None) -> bool:
         sessions_read.append(session)
-        return original(session, user)
+        return original(session, user, users)
 
     monkeypatch.setattr(access, "session_still_valid", counting_session_check)
     second = uuid4()
@@ -588,3 +662,155 @@ async def test_a_subscription_ended_while_joining_does_not_stay_in_the_group(mem
         await client.send({"action": "subscribe", "channel": CHANNEL})
         assert await client.nothing()
         assert get_fanout(get_event_bus().layer).members(CHANNEL) == []
+
+
+# -- hostile clients ------------------------------------------------------------------
+
+
+async def expect_close(client: Client, code: int, timeout: float = 5) -> None:
+    """Skip the frames before the close (error frames), then check its code."""
+    deadline = time.monotonic() + timeout
+    while True:
+        output = await client.ws.receive_output(timeout=max(0.1, deadline - time.monotonic()))
+        if output["type"] == "websocket.close":
+            assert output["code"] == code
+            return
+
+
+DEEP = [
+    "[" * 2000 + "]" * 2000,
+    '{"":[' * 580 + "]}" * 580,  # 1,160 levels in 4,060 bytes
+    "[" * 4000,  # unterminated as well
+]
+
+
+@override_settings(EVENTBUS=SETTINGS)
+@pytest.mark.parametrize("frame", DEEP, ids=["lists", "objects", "unterminated"])
+async def test_deeply_nested_json_is_invalid_json_and_the_connection_stays_up(member, frame):
+    assert len(frame.encode()) <= 4096
+    async with Client(member) as client:
+        await client.send(frame)
+        error = await client.recv()
+        assert (error["type"], error["code"]) == ("error", "invalid_json")
+        await client.send({"action": "ping"})
+        assert await client.recv() == {"type": "pong"}
+
+
+@override_settings(EVENTBUS={**SETTINGS, "WS_FRAMES_PER_MINUTE": 5, "WS_MAX_ERRORS": 4})
+async def test_frames_over_the_rate_get_rate_limited_then_a_close(member):
+    async with Client(member) as client:
+        for _ in range(5):
+            await client.send({"action": "ping"})
+            assert await client.recv() == {"type": "pong"}
+        for _ in range(3):
+            await client.send({"action": "ping"})
+            error = await client.recv()
+            assert (error["code"], error["action"]) == ("rate_limited", None)
+        await client.send({"action": "ping"})
+        await expect_close(client, 4429)
+
+
+@override_settings(EVENTBUS={**SETTINGS, "WS_SUBSCRIBES_PER_MINUTE": 2})
+async def test_subscribes_over_the_rate_get_rate_limited(member):
+    async with Client(member) as client:
+        for _ in range(2):
+            assert (await client.subscribe())["type"] == "subscribed"
+        error = await client.subscribe()
+        assert (error["code"], error["action"], error["channel"]) == (
+            "rate_limited",
+            "subscribe",
+            CHANNEL,
+        )
+        await client.send({"action": "ping"})  # other frames still pass
+        assert await client.recv() == {"type": "pong"}
+
+
+@override_settings(EVENTBUS={**SETTINGS, "WS_MAX_CONNECTIONS_PER_USER": 2})
+async def test_connections_per_user_are_capped(member, django_user_model):
+    other = await sync_to_async(django_user_model.objects.create)(username="other")
+    async with Client(member) as a, Client(member) as b:
+        third = Client(member)
+        connected, _ = await third.ws.connect(timeout=5)
+        assert connected
+        await expect_close(third, 4429)
+        async with Client(other) as c:  # another user is not affected
+            await c.send({"action": "ping"})
+            assert await c.recv() == {"type": "pong"}
+        for client in (a, b):
+            await client.send({"action": "ping"})
+            assert await client.recv() == {"type": "pong"}
+    async with Client(member) as again:  # a closed socket frees its place
+        await again.send({"action": "ping"})
+        assert await again.recv() == {"type": "pong"}
+
+
+def anonymous_client(ip: str) -> Client:
+    from django.contrib.auth.models import AnonymousUser
+
+    client = Client(AnonymousUser())
+    client.ws.scope["client"] = (ip, 50000)
+    return client
+
+
+@override_settings(EVENTBUS={**SETTINGS, "WS_MAX_CONNECTIONS_PER_IP": 2})
+async def test_anonymous_connections_per_ip_are_capped():
+    async with anonymous_client("10.0.0.1"), anonymous_client("10.0.0.1"):
+        third = anonymous_client("10.0.0.1")
+        assert (await third.ws.connect(timeout=5))[0]
+        await expect_close(third, 4429)
+        async with anonymous_client("10.0.0.2") as elsewhere:
+            await elsewhere.send({"action": "ping"})
+            assert await elsewhere.recv() == {"type": "pong"}
+
+
+@override_settings(EVENTBUS={**SETTINGS, "WS_CONNECTS_PER_MINUTE": 3})
+async def test_reconnect_storms_are_throttled(member):
+    for _ in range(3):
+        async with Client(member) as client:
+            await client.send({"action": "ping"})
+            assert await client.recv() == {"type": "pong"}
+    storm = Client(member)
+    assert (await storm.ws.connect(timeout=5))[0]
+    await expect_close(storm, 4429)
+
+
+@override_settings(EVENTBUS={**SETTINGS, "WS_ANONYMOUS_MAX_FORBIDDEN": 2})
+async def test_anonymous_sockets_with_nothing_allowed_are_closed():
+    async with anonymous_client("10.0.0.1") as client:
+        for _ in range(2):
+            assert (await client.subscribe())["code"] == "forbidden"
+        await expect_close(client, 4403)
+
+
+@override_settings(EVENTBUS={**SETTINGS, "WS_ANONYMOUS_MAX_FORBIDDEN": 2})
+async def test_signed_in_users_are_not_closed_for_forbidden_channels(member):
+    async with Client(member) as client:
+        for _ in range(3):
+            assert (await client.subscribe(EventBus.get_project_channel(uuid4())))[
+                "code"
+            ] == "forbidden"
+        assert (await client.subscribe())["type"] == "subscribed"
+
+
+@override_settings(EVENTBUS={**SETTINGS, "WS_SUBSCRIBE_TIMEOUT": 0.3})
+async def test_sockets_that_never_subscribe_are_closed(member):
+    async with Client(member) as idle, Client(member) as busy:
+        await busy.subscribe()
+        await idle.send({"action": "ping"})  # pings alone do not count
+        assert await idle.recv() == {"type": "pong"}
+        await expect_close(idle, 4410, timeout=2)
+        await asyncio.sleep(0.3)
+        await busy.send({"action": "ping"})
+        assert await busy.recv() == {"type": "pong"}
+
+
+@override_settings(EVENTBUS=SETTINGS)
+async def test_brackets_inside_strings_do_not_count_as_nesting(member):
+    async with Client(member) as client:
+        frame = await client.subscribe(types=["[[[[[[[[[[" * 2, "{{{{{{{{{{" * 2, '\\"[[[[[[[[[['])
+        assert frame["type"] == "subscribed"
+        deeper = {"action": "ping", "x": [[[[[[[[[[[[[[[[["too deep"]]]]]]]]]]]]]]]]]}
+        await client.send(deeper)
+        assert (await client.recv())["code"] == "invalid_json"
+        await client.send({"action": "ping", "x": [[[[[[[[[[[[[[["fine"]]]]]]]]]]]]]]]})
+        assert await client.recv() == {"type": "pong"}

@@ -1,0 +1,103 @@
+"""How much one client may use: open sockets and connects per user (or per IP when
+anonymous), and frames and subscribes per socket.
+
+The counts are per server process (and event loop): with N processes a user may hold
+N times ``WS_MAX_CONNECTIONS_PER_USER`` sockets. That bounds what one client costs one
+process, which is what these limits protect; a global cap needs shared state (Redis)
+and is left to a reverse proxy.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import weakref
+from collections import Counter
+from typing import Any
+
+from .access import is_authenticated
+
+# Idle buckets (full again) are dropped once a process tracks this many clients.
+_PRUNE_AT = 1024
+
+
+class Bucket:
+    """A token bucket: ``per_minute`` tokens, refilled continuously; full at the start."""
+
+    __slots__ = ("capacity", "rate", "tokens", "updated")
+
+    def __init__(self, per_minute: float) -> None:
+        self.capacity = float(per_minute)
+        self.rate = self.capacity / 60.0
+        self.tokens = self.capacity
+        self.updated = time.monotonic()
+
+    def take(self) -> bool:
+        """Spend one token if there is one."""
+        now = time.monotonic()
+        self.tokens = min(self.capacity, self.tokens + (now - self.updated) * self.rate)
+        self.updated = now
+        if self.tokens >= 1.0:
+            self.tokens -= 1.0
+            return True
+        return False
+
+    def full(self) -> bool:
+        return self.tokens + (time.monotonic() - self.updated) * self.rate >= self.capacity
+
+
+def client_key(scope: dict[str, Any], user: Any) -> tuple[str, str]:
+    """Whom a socket counts against: its user, or its IP address when anonymous."""
+    if is_authenticated(user):
+        return ("user", str(user.pk))
+    client = scope.get("client") or ("unknown", 0)
+    return ("ip", str(client[0]))
+
+
+class ClientLimits:
+    """This process's open sockets and connect buckets, per client key."""
+
+    def __init__(self) -> None:
+        self.open: Counter[tuple[str, str]] = Counter()
+        self.connects: dict[tuple[str, str], Bucket] = {}
+
+    def admit(self, key: tuple[str, str], max_open: int, connects_per_minute: float) -> str | None:
+        """Count one more socket for ``key``, or say why not (and count nothing).
+
+        Every attempt spends a connect token, refused ones too: a client that keeps
+        hammering stays throttled until it slows down.
+        """
+        bucket = self.connects.get(key)
+        if bucket is None or bucket.capacity != connects_per_minute:
+            if len(self.connects) >= _PRUNE_AT:
+                self._prune()
+            bucket = self.connects[key] = Bucket(connects_per_minute)
+        if not bucket.take():
+            return "reconnecting too fast"
+        if self.open[key] >= max_open:
+            return "too many connections"
+        self.open[key] += 1
+        return None
+
+    def release(self, key: tuple[str, str]) -> None:
+        self.open[key] -= 1
+        if self.open[key] <= 0:
+            del self.open[key]
+
+    def _prune(self) -> None:
+        for key in [k for k, b in self.connects.items() if b.full() and k not in self.open]:
+            del self.connects[key]
+
+
+_limits: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, ClientLimits] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def get_client_limits() -> ClientLimits:
+    """The running event loop's counts."""
+    loop = asyncio.get_running_loop()
+    limits = _limits.get(loop)
+    if limits is None:
+        limits = _limits[loop] = ClientLimits()
+    return limits
