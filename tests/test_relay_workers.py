@@ -6,14 +6,16 @@ import time
 from collections import Counter
 from datetime import timedelta
 from typing import Any
+from uuid import uuid4
 
 import pytest
 from django.db import DatabaseError, connection
 from django.test import override_settings
 from django.utils import timezone
 
+from eventbus.bus import EventBus
 from eventbus.ids import uuid7
-from eventbus.models import DeliveryStatus, EventRecord
+from eventbus.models import DeliveryStatus, EventRecord, StreamEntry, StreamHead
 from eventbus.relay import Relay
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.db_heavy]
@@ -31,13 +33,18 @@ class CountingSink:
             self.ids.extend(event.id for event in events)
 
 
+PROJECTS = [uuid4() for _ in range(3)]
+
+
 def make_backlog(count: int) -> None:
+    """``count`` committed events never handed off, spread over three project channels."""
     old = timezone.now() - timedelta(minutes=5)
     EventRecord.objects.bulk_create(
         EventRecord(
             id=uuid7(),
             type="order.deleted",
             timestamp=old,
+            project_id=str(PROJECTS[n % len(PROJECTS)]),
             payload={"order_id": n},
             correlation_id=uuid7(),
         )
@@ -98,6 +105,21 @@ def test_two_workers_deliver_each_event_once(capsys):
     assert EventRecord.objects.filter(status=DeliveryStatus.DELIVERED).count() == BACKLOG
     sequences = list(EventRecord.objects.values_list("sequence", flat=True))
     assert None not in sequences and len(set(sequences)) == BACKLOG
+    assert_positions_are_one_to_n_per_channel()
+
+
+def assert_positions_are_one_to_n_per_channel() -> None:
+    """Each event has one position on its channel; each channel's run 1..N, no repeats."""
+    entries = list(StreamEntry.objects.values_list("channel", "position", "event_id"))
+    assert len({event_id for _, _, event_id in entries}) == len(entries) == BACKLOG
+    by_channel: dict[str, list[int]] = {}
+    for channel, position, _ in entries:
+        by_channel.setdefault(channel, []).append(position)
+    assert sorted(by_channel) == sorted(EventBus.get_project_channel(p) for p in PROJECTS)
+    for channel, positions in by_channel.items():
+        assert sorted(positions) == list(range(1, len(positions) + 1)), channel
+    heads = dict(StreamHead.objects.values_list("channel", "position"))
+    assert heads == {channel: len(positions) for channel, positions in by_channel.items()}
 
 
 @pytest.mark.postgres
@@ -108,6 +130,7 @@ def test_skip_locked_keeps_workers_apart_on_postgres():
     sink = CountingSink()
     run_workers(2, sink)
     assert len(set(sink.ids)) == len(sink.ids) == BACKLOG
+    assert_positions_are_one_to_n_per_channel()
 
 
 @override_settings(EVENTBUS={"CATALOGS": [], "RELAY_BATCH_SIZE": 100})
