@@ -242,15 +242,16 @@ class EventStreamConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
         if after is None and since is None:
             replay = Replay(head.epoch, head.position, head.position)
         else:
-            replay = await aread(
-                load_replay,
-                channel,
-                after,
-                since,
-                epoch,
-                state.wants,
-                self.settings.RESUME_MAX_EVENTS,
-            )
+            async with get_client_limits().replay_turn(self.limit_key or ("-", "-")):
+                replay = await aread(
+                    load_replay,
+                    channel,
+                    after,
+                    since,
+                    epoch,
+                    state.wants,
+                    self.settings.RESUME_MAX_EVENTS,
+                )
         state.position = replay.position
         await self._send_frame(
             {

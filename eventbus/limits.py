@@ -1,5 +1,5 @@
-"""How much one client may use: open sockets and connects per user (or per IP when
-anonymous), and frames and subscribes per socket.
+"""How much one client may use: open sockets, connects and replays in flight per user
+(or per IP when anonymous), and frames and subscribes per socket.
 
 The counts are per server process (and event loop): with N processes a user may hold
 N times ``WS_MAX_CONNECTIONS_PER_USER`` sockets. That bounds what one client costs one
@@ -10,9 +10,11 @@ and is left to a reverse proxy.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 import weakref
 from collections import Counter
+from collections.abc import AsyncIterator
 from typing import Any
 
 from .access import is_authenticated
@@ -60,6 +62,21 @@ class ClientLimits:
     def __init__(self) -> None:
         self.open: Counter[tuple[str, str]] = Counter()
         self.connects: dict[tuple[str, str], Bucket] = {}
+        # Held only while someone waits or replays: then it goes by itself.
+        self._replays: weakref.WeakValueDictionary[tuple[str, str], asyncio.Lock] = (
+            weakref.WeakValueDictionary()
+        )
+
+    @contextlib.asynccontextmanager
+    async def replay_turn(self, key: tuple[str, str]) -> AsyncIterator[None]:
+        """One replay at a time per client: a client's replays queue behind each other,
+        so however many sockets it opens, it holds at most one of the stream readers'
+        threads, and everyone else's reads go on beside it."""
+        lock = self._replays.get(key)
+        if lock is None:
+            lock = self._replays[key] = asyncio.Lock()
+        async with lock:
+            yield
 
     def admit(self, key: tuple[str, str], max_open: int, connects_per_minute: float) -> str | None:
         """Count one more socket for ``key``, or say why not (and count nothing).

@@ -151,7 +151,9 @@ def read_after(channel: str, after: int, limit: int, using: str | None = None) -
     return entries
 
 
-_reader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="eventbus-streams")
+# A few threads: one client replays at a time (eventbus.limits), so a client that keeps
+# replaying holds one of them while the others serve everyone else's reads.
+_reader = ThreadPoolExecutor(max_workers=4, thread_name_prefix="eventbus-streams")
 
 
 async def aread(func: Callable[..., T], *args: Any) -> T:
