@@ -33,6 +33,8 @@ RUNS: list[tuple[str, list[str]]] = [
     ("bench.logged_publish", ["--db", "postgres"]),
     ("bench.relay_redis", ["--layer", "core"]),
     ("bench.relay_redis", ["--layer", "pubsub"]),
+    ("bench.replay", ["--db", "sqlite"]),
+    ("bench.replay", ["--db", "postgres"]),
     ("bench.e2e", []),
 ]
 

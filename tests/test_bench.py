@@ -52,6 +52,12 @@ def test_in_process_benchmarks_run(module, arguments):
     run_bench(module, *arguments)
 
 
+def test_replay_benchmark_runs():
+    rows = run_bench("bench.replay")
+    assert [r["rows"] for r in rows] == [10_000, 20_000]
+    assert all(r["unit"] == "ms" and r["before_positions_ms"] > 0 for r in rows)
+
+
 @pytest.mark.redis
 @pytest.mark.parametrize("layer", ["core", "pubsub"])
 def test_relay_benchmark_runs(redis_server, layer):
