@@ -62,6 +62,9 @@ class EventBusSettings:
     WS_CONNECTS_PER_MINUTE: int = 60
     WS_FRAMES_PER_MINUTE: int = 600
     WS_SUBSCRIBES_PER_MINUTE: int = 120
+    # Events one client (user, or IP when anonymous) may have replayed per minute, with a
+    # burst of two full replays (2 x RESUME_MAX_EVENTS); past it, a resume gets a reset.
+    WS_REPLAY_EVENTS_PER_MINUTE: int = 5000
     # Seconds a socket may stay open without ever subscribing.
     WS_SUBSCRIBE_TIMEOUT: float = 60.0
     # Forbidden subscribes an anonymous socket with no subscription may make.

@@ -239,10 +239,18 @@ class EventStreamConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
             # Left while joining (access revoked, socket given up): do not stay in.
             await self.fanout.leave(channel, self)
             return
+        key = self.limit_key or ("-", "-")
+        budget = get_client_limits().replay_budget(
+            key,
+            self.settings.WS_REPLAY_EVENTS_PER_MINUTE,
+            burst=2 * self.settings.RESUME_MAX_EVENTS,
+        )
         if after is None and since is None:
             replay = Replay(head.epoch, head.position, head.position)
+        elif not budget.take():  # this client replayed its share lately: it reloads instead
+            replay = Replay(head.epoch, head.position, head.position, reset="replay_limited")
         else:
-            async with get_client_limits().replay_turn(self.limit_key or ("-", "-")):
+            async with get_client_limits().replay_turn(key):
                 replay = await aread(
                     load_replay,
                     channel,
@@ -252,6 +260,7 @@ class EventStreamConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
                     state.wants,
                     self.settings.RESUME_MAX_EVENTS,
                 )
+            budget.spend(max(0, replay.position - replay.start - 1))
         state.position = replay.position
         await self._send_frame(
             {

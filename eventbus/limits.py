@@ -24,25 +24,34 @@ _PRUNE_AT = 1024
 
 
 class Bucket:
-    """A token bucket: ``per_minute`` tokens, refilled continuously; full at the start."""
+    """A token bucket: ``per_minute`` tokens, refilled continuously, holding ``capacity``
+    at most (default: a minute's worth); full at the start."""
 
     __slots__ = ("capacity", "rate", "tokens", "updated")
 
-    def __init__(self, per_minute: float) -> None:
-        self.capacity = float(per_minute)
-        self.rate = self.capacity / 60.0
+    def __init__(self, per_minute: float, capacity: float | None = None) -> None:
+        self.capacity = float(per_minute if capacity is None else capacity)
+        self.rate = float(per_minute) / 60.0
         self.tokens = self.capacity
         self.updated = time.monotonic()
 
     def take(self) -> bool:
         """Spend one token if there is one."""
-        now = time.monotonic()
-        self.tokens = min(self.capacity, self.tokens + (now - self.updated) * self.rate)
-        self.updated = now
+        self._refill()
         if self.tokens >= 1.0:
             self.tokens -= 1.0
             return True
         return False
+
+    def spend(self, tokens: float) -> None:
+        """Spend ``tokens`` more, into debt if need be: the bucket refills from below zero."""
+        self._refill()
+        self.tokens -= tokens
+
+    def _refill(self) -> None:
+        now = time.monotonic()
+        self.tokens = min(self.capacity, self.tokens + (now - self.updated) * self.rate)
+        self.updated = now
 
     def full(self) -> bool:
         return self.tokens + (time.monotonic() - self.updated) * self.rate >= self.capacity
@@ -62,6 +71,7 @@ class ClientLimits:
     def __init__(self) -> None:
         self.open: Counter[tuple[str, str]] = Counter()
         self.connects: dict[tuple[str, str], Bucket] = {}
+        self.replays: dict[tuple[str, str], Bucket] = {}
         # Held only while someone waits or replays: then it goes by itself.
         self._replays: weakref.WeakValueDictionary[tuple[str, str], asyncio.Lock] = (
             weakref.WeakValueDictionary()
@@ -95,6 +105,16 @@ class ClientLimits:
             return "too many connections"
         self.open[key] += 1
         return None
+
+    def replay_budget(self, key: tuple[str, str], per_minute: float, burst: float) -> Bucket:
+        """The events ``key`` may still have replayed (one bucket per client and process)."""
+        bucket = self.replays.get(key)
+        if bucket is None or (bucket.rate, bucket.capacity) != (per_minute / 60.0, burst):
+            if len(self.replays) >= _PRUNE_AT:
+                for stale in [k for k, b in self.replays.items() if b.full()]:
+                    del self.replays[stale]
+            bucket = self.replays[key] = Bucket(per_minute, capacity=burst)
+        return bucket
 
     def release(self, key: tuple[str, str]) -> None:
         self.open[key] -= 1

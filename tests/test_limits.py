@@ -9,7 +9,15 @@ from django.test import override_settings
 
 from eventbus import consumers
 from eventbus.limits import Bucket, ClientLimits
-from tests.test_consumers import CHANNEL, PROJECT, SETTINGS, Client, member, publish_order
+from tests.test_consumers import (
+    CHANNEL,
+    PROJECT,
+    SETTINGS,
+    Client,
+    member,
+    publish_order,
+    subscribed,
+)
 from tests.testapp.models import Membership
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.db_heavy]
@@ -88,3 +96,26 @@ async def test_a_user_replaying_from_many_sockets_does_not_hold_up_another_users
 
 
 __all__ = ["member"]  # the fixture, shared with test_consumers
+
+
+@override_settings(
+    EVENTBUS={**SETTINGS, "RESUME_MAX_EVENTS": 5, "WS_REPLAY_EVENTS_PER_MINUTE": 6}
+)
+async def test_a_client_that_keeps_replaying_gets_a_reset_instead_of_more_replays(member):
+    """Past its replay budget (a burst of two full replays, then the per-minute rate) a
+    client's resume is answered with a reset at the head: it reloads, costing no replay."""
+    for n in range(5):
+        await publish_order(n)
+    async with Client(member) as client:
+        for _ in range(2):  # the burst: two replays of all five
+            assert (await client.subscribe(position=0))["replayed"] == 5
+            for _ in range(5):
+                assert (await client.recv())["type"] == "event"
+        assert await client.subscribe(position=0) == subscribed(position=5)
+        answer = await client.recv()
+        assert (answer["type"], answer["reason"], answer["position"]) == (
+            "reset",
+            "replay_limited",
+            5,
+        )
+        assert await client.nothing()

@@ -51,6 +51,8 @@ FULL = os.environ.get("EVENTBUS_SECURITY_FULL") == "1"
 SEED = 12
 REAUTHORIZE = 0.5
 COUNTS = {
+    "replay_cap": 1_000 if FULL else 200,
+    "replay_samples": 40 if FULL else 12,
     "cross_tenant": 2_000 if FULL else 150,
     "cross_events": 1_000 if FULL else 50,
     "fuzz": 10_000 if FULL else 600,
@@ -63,6 +65,7 @@ LENIENT = {
     "WS_SUBSCRIBES_PER_MINUTE": 100_000,
     # Forged sessions are anonymous; the hook refuses them everything.
     "WS_ANONYMOUS_MAX_FORBIDDEN": 3,
+    "RESUME_MAX_EVENTS": COUNTS["replay_cap"],
 }
 STRICT = {
     "WS_MAX_CONNECTIONS_PER_USER": 3,
@@ -404,6 +407,72 @@ async def access_ends(server: AsgiServer, project: Any) -> dict[str, Any]:
     return row
 
 
+async def replay_abuse(server: AsgiServer, project: Any) -> dict[str, Any]:
+    """One member replays the whole channel (RESUME_MAX_EVENTS events) from 5 sockets, over
+    and over; meanwhile another member's subscribes, each replaying 10 events, are timed,
+    against the same subscribes before the abuse (issue 12, item 4)."""
+    from eventbus import apublish
+
+    cap = COUNTS["replay_cap"]
+    channel = EventBus.get_project_channel(project)
+    for n in range(cap):
+        await apublish(ShopEvent.ORDER_DELETED, {"order_id": n}, project_id=project)
+    abuser = await sync_to_async(member_session)(project)
+    bystander = await sync_to_async(member_session)(project)
+
+    async def timed_subscribe() -> float:
+        client = await Ws.open(server, bystander)
+        try:
+            started = time.monotonic()
+            await client.send({"action": "subscribe", "channel": channel, "position": cap - 10})
+            assert (await client.recv(timeout=30))["replayed"] == 10
+            for _ in range(10):
+                await client.recv(timeout=30)
+            return time.monotonic() - started
+        finally:
+            await client.close()
+
+    baseline = [await timed_subscribe() for _ in range(COUNTS["replay_samples"])]
+    stop = asyncio.Event()
+    replays = 0
+
+    async def abuse() -> None:
+        nonlocal replays
+        client = await Ws.open(server, abuser)
+        try:
+            while not stop.is_set():
+                await client.send({"action": "subscribe", "channel": channel, "position": 0})
+                answer = await client.recv(timeout=60)
+                for _ in range(answer.get("replayed", 0)):
+                    await client.recv(timeout=60)
+                replays += 1
+                await client.send({"action": "unsubscribe", "channel": channel})
+                await client.recv(timeout=60)
+        finally:
+            await client.close()
+
+    abusers = [asyncio.create_task(abuse()) for _ in range(5)]
+    try:
+        await asyncio.sleep(0.5)
+        loaded = [await timed_subscribe() for _ in range(COUNTS["replay_samples"])]
+    finally:
+        stop.set()
+        await asyncio.gather(*abusers, return_exceptions=True)
+
+    def p(values: list[float], q: float) -> float:
+        ordered = sorted(values)
+        return ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000
+
+    return {
+        "scenario": "replay abuse",
+        "abuser replays of cap": replays,
+        "others' subscribe p50 ms (before/under)": f"{p(baseline, 0.5):.0f}/{p(loaded, 0.5):.0f}",
+        "others' subscribe p99 ms (before/under)": f"{p(baseline, 0.99):.0f}/{p(loaded, 0.99):.0f}",
+        "p99 ratio": round(p(loaded, 0.99) / p(baseline, 0.99), 2),
+        "answered": f"{len(loaded)}/{COUNTS['replay_samples']}",
+    }
+
+
 async def caps_and_rates(server: AsgiServer, project: Any) -> dict[str, Any]:
     """Against the strict server: connection cap, reconnect storm, frame rate, idle sockets."""
     channel = EventBus.get_project_channel(project)
@@ -531,11 +600,12 @@ async def test_hostile_clients(
         await fuzz(lenient, uuid4()),
         await close_codes(lenient, uuid4()),
         await access_ends(lenient, uuid4()),
+        await replay_abuse(lenient, uuid4()),
         await caps_and_rates(strict, uuid4()),
         await slow_client(strict, uuid4()),
     ]
     print_table(kind, rows)
-    origin, forged, tenant, fuzzed, closing, access, limits, slow = rows
+    origin, forged, tenant, fuzzed, closing, access, replaying, limits, slow = rows
     assert (origin["accepted"], origin["5xx"]) == (0, 0)
     assert (forged["accepted"], forged["closed 4403"]) == (0, forged["tried"])
     assert (tenant["accepted"], tenant["leaked"]) == (0, 0)
@@ -549,6 +619,10 @@ async def test_hostile_clients(
     assert all(
         access[k] <= REAUTHORIZE + 1 for k in ("revoked", "logout", "password", "deactivated")
     )
+    # Timings are reported, not asserted (they belong to the full run's table); that every
+    # other member's subscribe was answered, with its replay, while the abuse ran is.
+    assert replaying["answered"] == f"{COUNTS['replay_samples']}/{COUNTS['replay_samples']}"
+    assert replaying["abuser replays of cap"] >= 1
     assert limits["over the socket cap"] == "4429/4429/4429"
     assert int(limits["storm refused (4429)"].split("/")[0]) >= 5
     assert limits["rate_limited frames"] >= 1 and limits["flood close"] == 4429
