@@ -8,7 +8,9 @@ Five faults per run, in an order and with pauses drawn from the seed:
 - ``publisher``: SIGKILL a publisher inside a transaction (its last record ``holding``),
   start it again;
 - ``server``: SIGKILL uvicorn and start it again on the same port; the WebSocket
-  consumer reconnects and resumes.
+  consumer reconnects and resumes. In half the seeds this happens a third of the way
+  into the long Redis outage (``redis_and_server``), so the consumer resumes against a
+  server that cannot reach its channel layer.
 Every wait is bounded; what happened, and when, goes to the run's JSON.
 """
 
@@ -39,16 +41,19 @@ class Plan:
 
 def plan(seed: int, quick: bool) -> Plan:
     rng = random.Random(seed)
-    outages = [1.0, 3.0] if quick else [3.0, 10.0]
-    rng.shuffle(outages)
-    kinds = ["redis", "redis", "relay", "publisher", "server"]
+    short, long = (1.0, 3.0) if quick else (3.0, 10.0)
+    # Half the seeds kill uvicorn in the middle of the long Redis outage instead of on its
+    # own: the WebSocket consumer then reconnects to a server whose channel layer is away.
+    overlap = rng.random() < 0.5
+    kinds = ["redis short", "redis long", "relay", "publisher", *([] if overlap else ["server"])]
     rng.shuffle(kinds)
     pauses = (1.0, 2.0) if quick else (2.0, 5.0)
     faults = []
     for kind in kinds:
         target, down = 0, 0.0
-        if kind == "redis":
-            down = outages.pop()
+        if kind.startswith("redis"):
+            down = long if kind == "redis long" else short
+            kind = "redis_and_server" if overlap and down == long else "redis"
         elif kind == "relay":
             target = rng.randrange(RELAY_WORKERS)
         elif kind == "publisher":
@@ -77,6 +82,16 @@ class Nemesis:
         self.cluster.redis.kill()
         self.note("redis killed", seconds_down=down)
         time.sleep(down)
+        self.cluster.redis.start()
+        self.note("redis started")
+
+    def _redis_and_server(self, _: int, down: float) -> None:
+        self.cluster.redis.kill()
+        self.note("redis killed", seconds_down=down)
+        started = time.monotonic()
+        time.sleep(down / 3)
+        self._server(0, 0.0)
+        time.sleep(max(0.0, down - (time.monotonic() - started)))
         self.cluster.redis.start()
         self.note("redis started")
 

@@ -3,8 +3,8 @@
 ``python -m tests.chaos.publisher RECORDS SEED [--no-hand-off]``, with the Django settings
 of ``tests.chaos.settings``. Each event's id is written to RECORDS (JSON lines,
 line-buffered, so a SIGKILL loses nothing written) as ``begin`` once published inside
-the transaction, ``holding`` once all are in and the transaction waits a moment before
-its end, then ``commit`` or ``rollback`` once it is over. An id
+the transaction, ``holding`` while the transaction waits a moment with all of them in,
+``committing`` as it ends, then ``commit`` or ``rollback`` once it is over. An id
 with no outcome is an unknown one: the process died in between. SIGTERM ends the loop
 after the current transaction.
 """
@@ -82,6 +82,7 @@ def main() -> None:
                     time.sleep(rng.uniform(*HOLD_SECONDS))
                     if rollback:
                         raise RolledBack
+                    records.write(json.dumps({"committing": len(ids)}) + "\n")
             except RolledBack:
                 note("rollback", ids)
             except Exception as exc:  # the commit itself failed: the outcome is unknown
