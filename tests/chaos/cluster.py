@@ -27,6 +27,10 @@ CHANNELS = [
 ]
 PUBLISHERS = 3
 RELAY_WORKERS = 2
+# The subscribe() consumer fills at most this many missed events per channel from the
+# log, so that the long Redis outages end in a StreamReset (too_many_missed): the run
+# then checks that the events after the reset's position all follow.
+SUBSCRIBE_RESUME_MAX = 20
 READY_TIMEOUT = 60.0
 STOP_TIMEOUT = 5.0
 
@@ -154,7 +158,8 @@ class Cluster:
             "subscribe-consumer",
             [python, "-m", "tests.chaos.subscribers", "python", "-",
              str(self.records("subscribe")), *CHANNELS],
-            self.env,
+            {**self.env, "EVENTBUS_CHAOS_EVENTBUS": json.dumps(
+                {"RESUME_MAX_EVENTS": SUBSCRIBE_RESUME_MAX})},
             run_dir / "subscribe-consumer.log",
         )  # fmt: skip
 
