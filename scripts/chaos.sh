@@ -7,7 +7,7 @@
 # while a nemesis kills Redis (twice), a relay worker, a publisher and uvicorn. Prints one
 # line and a small table per seed, writes test-results/chaos-<seed>.json (and the
 # processes' records and logs in test-results/chaos-<seed>/), and exits 1 when any count
-# but resets is not zero. Default: seed 1, full length (about 1.5 minutes a seed).
+# but resets is not zero. Default: seed 1, full length (about 50 s a seed on 2 cores).
 # Uses the Python 3.12 virtualenv of the test command (.venv/py312, created when missing).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
