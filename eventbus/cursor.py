@@ -64,16 +64,34 @@ class StreamCursor:
         """The messages to hand on for one live ``message``, in order."""
         position = message.get("position")
         channel = message.get("channel", "")
+        if position is None:
+            return [message]  # not in the log (live only): as it comes
+        # While a catch-up runs, what it found is not handed on yet: a live event must
+        # wait for it, or it would go out first and what the log had would then be
+        # dropped as a repeat.
+        if not self._lock.locked():
+            now = self._admit_now(channel, position, message)
+            if now is not None:
+                return now
+        async with self._lock:
+            now = self._admit_now(channel, position, message)
+            if now is not None:
+                return now
+            return await self._fill(channel, position, message)
+
+    def _admit_now(
+        self, channel: str, position: int, message: dict[str, Any]
+    ) -> list[dict[str, Any]] | None:
+        """What to hand on for a live message without the log; None when it skips ahead."""
         head = self._at.get(channel)
-        if position is None or head is None:
-            return [message]  # not in the log (live only), or not followed: as it comes
+        if head is None:
+            return [message]  # not followed: as it comes
         if position == head.position + 1:
             self._at[channel] = Head(head.epoch, position)
             return [message]
         if position <= head.position:
             return []  # a repeat: a relay that sent it twice, or the log filled it already
-        async with self._lock:
-            return await self._fill(channel, position, message)
+        return None
 
     async def catch_up(self) -> list[dict[str, Any]]:
         """After a reconnect: every followed channel's events that the log has beyond us."""

@@ -182,6 +182,16 @@ class _Service:
         self.stop()
         self.start()
 
+    def kill(self) -> None:
+        """SIGKILL the server, as a crash would (no shutdown); ``start()`` brings it back."""
+        if self._proc is not None and self._proc.poll() is None:
+            self._proc.kill()
+            self._proc.wait(STOP_TIMEOUT)
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self.running and self._proc is not None else None
+
     def close(self) -> None:
         """Stop the server and delete its temp dir. Safe to call more than once."""
         self.stop()

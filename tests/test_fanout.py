@@ -360,3 +360,73 @@ async def test_a_gap_the_log_cannot_fill_is_a_reset_not_silence(monkeypatch):
             assert (got[1]["id"], got[1]["position"]) == (str(sent.id), 2)
         finally:
             await fanout.leave(channel, member)
+# -- catching up from the log while live events arrive -------------------------------
+
+
+def log_events(*channels: str) -> None:
+    """One event in the log per channel given, numbered there as the relay numbers it."""
+    from django.utils import timezone
+
+    from eventbus.ids import uuid7
+    from eventbus.models import EventRecord
+    from eventbus.streams import assign_positions
+
+    for channel in channels:
+        record = EventRecord.objects.create(
+            id=uuid7(),
+            type="order.placed",
+            timestamp=timezone.now(),
+            payload={"order_id": 1, "title": "t"},
+            correlation_id=uuid7(),
+        )
+        assign_positions([(record.id, [channel])])
+
+
+async def test_a_catch_up_hands_on_what_it_found_before_newer_live_events(monkeypatch):
+    """Found by the chaos suite (seed 3): a catch-up found position 1 of one channel, and
+    while it read the next channel, position 2 of the first arrived live and went out at
+    once; 1 followed it, and the socket dropped 1 as a repeat. Lost, with no reset."""
+    from asgiref.sync import sync_to_async
+
+    from eventbus import cursor
+    from eventbus.streams import read_after
+
+    first, second = "eventbus.project.1", "eventbus.project.2"
+    layer = InMemoryChannelLayer()
+    fanout = LocalFanout(layer)
+    member = Recorder()
+    await fanout.join(first, member)
+    await fanout.join(second, member)
+    # Sent while this process was out of its groups (Redis restarted): in the log only.
+    await sync_to_async(log_events)(first, second)
+
+    reading_second, release = asyncio.Event(), asyncio.Event()
+    real_aread = cursor.aread
+
+    async def slow_second_read(func: Any, *args: Any) -> Any:
+        if func is read_after and args[0] == second:
+            reading_second.set()
+            await release.wait()
+        return await real_aread(func, *args)
+
+    monkeypatch.setattr(cursor, "aread", slow_second_read)
+    catching_up = asyncio.create_task(fanout._rejoin())
+    await asyncio.wait_for(reading_second.wait(), TIMEOUT)
+    # The first channel's next event arrives live meanwhile; the reader takes it.
+    await sync_to_async(log_events)(first)
+    await layer.group_send(first, {"type": "eventbus.event", "channel": first, "position": 2})
+    queue = layer.channels.get(fanout.channel_name)
+    for _ in range(100):
+        if queue is None or queue.empty():
+            break
+        await asyncio.sleep(0.01)
+    await asyncio.sleep(0.05)  # and hands it on, if it is going to
+    release.set()
+    await asyncio.wait_for(catching_up, TIMEOUT)
+    for _ in range(100):
+        if sum(m["channel"] == first for m in member.messages) >= 2:
+            break
+        await asyncio.sleep(0.01)
+    assert [m["position"] for m in member.messages if m["channel"] == first] == [1, 2]
+    await fanout.leave(first, member)
+    await fanout.leave(second, member)
