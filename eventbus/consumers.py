@@ -28,6 +28,7 @@ from .exceptions import InvalidChannelError
 from .fanout import get_fanout
 from .ids import parse_uuid
 from .limits import Bucket, client_key, get_client_limits
+from .reconnect import is_connection_error
 from .replay import Replay, load_replay
 from .sendqueue import SendQueue
 from .streams import aread
@@ -234,7 +235,17 @@ class EventStreamConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
         state = _ChannelState(tuple(patterns) if patterns is not None else None, held=[])
         self.subscriptions[channel] = state
         self.ever_subscribed = True
-        head = await self.fanout.join(channel, self)
+        try:
+            head = await self.fanout.join(channel, self)
+        except Exception as exc:
+            if not is_connection_error(exc):
+                raise
+            # The channel layer's server is away (a Redis restart): say so, stay up.
+            if self.subscriptions.get(channel) is state:
+                del self.subscriptions[channel]
+            raise _FrameError(
+                "unavailable", "The event stream is unavailable right now; subscribe again."
+            ) from None
         if self.subscriptions.get(channel) is not state or self.send_queue.failed:
             # Left while joining (access revoked, socket given up): do not stay in.
             await self.fanout.leave(channel, self)

@@ -933,3 +933,32 @@ async def test_an_event_whose_hand_off_failed_is_not_overtaken_by_a_newer_one(
     async with Client(member) as client:
         assert await client.subscribe(position=1) == subscribed(replayed=1, position=1)
         assert (await client.recv())["event"]["id"] == str(newer.id)
+
+
+@override_settings(EVENTBUS=SETTINGS)
+async def test_a_subscribe_while_redis_is_away_gets_an_error_and_the_socket_stays_up(
+    member, monkeypatch
+):
+    """Found by the chaos suite: joining the group raised a connection error, which ended
+    the socket without a close frame (a traceback under uvicorn)."""
+    from eventbus.fanout import LocalFanout
+
+    real_join = LocalFanout.join
+    away = [True]
+
+    async def join(self: LocalFanout, group: str, member: Any) -> Any:
+        if away and away.pop():
+            raise ConnectionError("Error 111 connecting to 127.0.0.1:6379")
+        return await real_join(self, group, member)
+
+    monkeypatch.setattr(LocalFanout, "join", join)
+    async with Client(member) as client:
+        answer = await client.subscribe()
+        assert (answer["type"], answer["code"], answer["action"]) == (
+            "error",
+            "unavailable",
+            "subscribe",
+        )
+        assert await client.subscribe() == subscribed()  # Redis is back: it works
+        event = await publish_order(1)
+        assert (await client.recv())["event"]["id"] == str(event.id)

@@ -198,8 +198,14 @@ export class EventBusClient {
         this.options.onError?.(frame);
       }
     } else if (frame.type === "error") {
-      // A refused subscribe is not retried on reconnect.
-      if (frame.action === "subscribe") this._channels.delete(frame.channel);
+      if (frame.action === "subscribe" && frame.code === "unavailable" && entry !== undefined) {
+        // The server could not reach Redis to join the channel: ask again shortly.
+        setTimeout(() => {
+          if (this._channels.get(frame.channel) === entry) this._sendSubscribe(frame.channel, entry);
+        }, this.options.minDelay);
+      } else if (frame.action === "subscribe") {
+        this._channels.delete(frame.channel); // a refused subscribe is not retried
+      }
       this.options.onError?.(frame);
     }
   }
