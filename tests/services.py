@@ -178,6 +178,12 @@ class _Service:
         """Stop the server (SIGTERM, then SIGKILL after a bound); the port stays reserved."""
         _stop_process(self._proc)
 
+    def kill(self) -> None:
+        """SIGKILL the server, as a crash would: no shutdown, its clients' links just drop."""
+        if self._proc is not None and self._proc.poll() is None:
+            self._proc.kill()
+            self._proc.wait(STOP_TIMEOUT)
+
     def restart(self) -> None:
         self.stop()
         self.start()
