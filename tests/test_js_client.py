@@ -1,8 +1,9 @@
-"""The JS client (static/eventbus/eventbus.js) in headless Chromium, against a real daphne.
+"""The JS client (static/eventbus/eventbus.js) in headless Chromium, against real servers.
 
 The page (tests/testapp/templates/testapp/js_client.html) renders what the client hands
-it. An init script records every frame the browser receives, so a test can tell what
-the server sent from what the client showed.
+it. An init script records every frame the browser sends and receives, so a test can
+tell what the server sent from what the client showed. The servers (daphne, or uvicorn)
+use the in-memory channel layer, or the suite's own redis-server for the Redis tests.
 """
 
 from __future__ import annotations
@@ -10,18 +11,23 @@ from __future__ import annotations
 import json
 import urllib.parse
 import urllib.request
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from typing import TYPE_CHECKING, Any
+from datetime import timedelta
+from typing import TYPE_CHECKING, Any, TypeVar
 from uuid import uuid4
 
 import pytest
 from django.conf import settings
 from django.db import connection, connections
-from django.test import Client
+from django.test import Client, override_settings
+from django.utils import timezone
 
 from eventbus import Event, publish
 from eventbus.bus import EventBus
-from tests.services import AsgiServer
+from eventbus.models import DeliveryStatus, EventRecord
+from eventbus.relay import Relay
+from tests.services import AsgiServer, RedisServer
 from tests.testapp.events import ShopEvent
 from tests.testapp.models import Membership
 
@@ -34,9 +40,12 @@ pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
 
 PROJECT = uuid4()
 CHANNEL = EventBus.get_project_channel(PROJECT)
+REDIS_LAYER = "channels_redis.core.RedisChannelLayer"
+T = TypeVar("T")
 
 RECORD_FRAMES = """
 window.received = [];
+window.sent = [];
 window.socketsOpened = 0;
 const NativeWebSocket = window.WebSocket;
 window.WebSocket = class extends NativeWebSocket {
@@ -44,6 +53,10 @@ window.WebSocket = class extends NativeWebSocket {
     super(...args);
     window.socketsOpened += 1;
     this.addEventListener("message", (message) => window.received.push(JSON.parse(message.data)));
+  }
+  send(data) {
+    window.sent.push(JSON.parse(data));
+    super.send(data);
   }
 };
 """
@@ -56,12 +69,30 @@ def member(django_user_model: Any) -> Any:
     return user
 
 
-def start_server(factory: AsgiServerFactory, **eventbus_settings: Any) -> AsgiServer:
-    """daphne on the test's own database (a file), with EVENTBUS settings added."""
-    env = {"EVENTBUS_TEST_DB_NAME": str(connection.settings_dict["NAME"])}
+@pytest.fixture
+def redis_layer(redis_url: str) -> Iterator[str]:
+    """The suite's Redis, which the test process publishes into as the servers read it."""
+    layers = {"default": {"BACKEND": REDIS_LAYER, "CONFIG": {"hosts": [redis_url]}}}
+    with override_settings(CHANNEL_LAYERS=layers):
+        yield redis_url
+
+
+def start_server(
+    factory: AsgiServerFactory,
+    redis_url: str | None = None,
+    server: str = "daphne",
+    **eventbus_settings: Any,
+) -> AsgiServer:
+    """A server on the test's own database (a file), with EVENTBUS settings added.
+
+    The in-memory channel layer, or Redis at ``redis_url``; warnings go to its log.
+    """
+    env = {"EVENTBUS_TEST_DB_NAME": str(connection.settings_dict["NAME"]), "EVENTBUS_TEST_LOG": "1"}
+    if redis_url is not None:
+        env.update(EVENTBUS_TEST_REDIS_URL=redis_url, EVENTBUS_TEST_LAYER=REDIS_LAYER)
     if eventbus_settings:
         env["EVENTBUS_TEST_SETTINGS_OVERRIDE"] = json.dumps(eventbus_settings)
-    return factory(env=env)
+    return factory(env=env, server=server)
 
 
 def open_page(page: Page, server: AsgiServer, user: Any = None) -> None:
@@ -77,10 +108,10 @@ def open_page(page: Page, server: AsgiServer, user: Any = None) -> None:
     page.goto(f"{server.url}/js-client/")
 
 
-def watch(page: Page, channel: str, since: str | None = None) -> None:
-    """Subscribe the page's client and wait for the server's answer."""
+def watch(page: Page, channel: str, **options: Any) -> None:
+    """Subscribe the page's client (``since=``, ``position=``...) and wait for the answer."""
     answers = page.evaluate("() => window.received.length")
-    page.evaluate("([channel, since]) => window.watch(channel, {since})", [channel, since])
+    page.evaluate("([channel, options]) => window.watch(channel, options)", [channel, options])
     page.wait_for_function(
         "([channel, before]) => window.received.slice(before).some("
         "  (frame) => frame.channel === channel && frame.type !== 'event')",
@@ -93,13 +124,33 @@ def shown_events(page: Page) -> list[str]:
     return page.locator("#events li").evaluate_all("items => items.map(item => item.dataset.id)")
 
 
-def wait_for_events(page: Page, count: int) -> list[str]:
+def shown_positions(page: Page) -> list[int]:
+    return [
+        int(p)
+        for p in page.locator("#events li").evaluate_all(
+            "items => items.map(item => item.dataset.position)"
+        )
+    ]
+
+
+def wait_for_events(page: Page, count: int, timeout: float = 5_000) -> list[str]:
     page.wait_for_function(
         "count => document.querySelectorAll('#events li').length >= count",
         arg=count,
-        timeout=5_000,
+        timeout=timeout,
     )
     return shown_events(page)
+
+
+def received(page: Page, frame_type: str) -> list[dict[str, Any]]:
+    """The frames of ``frame_type`` the page received, in order."""
+    return list(
+        page.evaluate("type => window.received.filter(frame => frame.type === type)", frame_type)
+    )
+
+
+def event_ids_received(page: Page) -> list[str]:
+    return [str(frame["event"]["id"]) for frame in received(page, "event")]
 
 
 def post(server: AsgiServer, path: str, **data: str) -> Any:
@@ -115,21 +166,52 @@ def publish_through_server(server: AsgiServer, order_id: int, project: Any = PRO
     return str(post(server, "/js-client/publish/", **data)["id"])
 
 
-def publish_here(order_id: int) -> Event[Any]:
-    """Publish from the test process: the event is written to the shared log.
+def in_thread(func: Callable[[], T]) -> T:
+    """Run ``func`` in a thread of its own, with its own database connection.
 
-    In a thread of its own: Playwright's sync API leaves its event loop marked as running
-    in the test's thread, and publish() refuses to run inside an event loop.
+    Playwright's sync API leaves its event loop marked as running in the test's thread,
+    and publish() and the relay refuse to run inside an event loop.
     """
 
-    def run() -> Event[Any]:
+    def run() -> T:
         try:
-            return publish(ShopEvent.ORDER_DELETED, {"order_id": order_id}, project_id=PROJECT)
+            return func()
         finally:
             connections.close_all()
 
     with ThreadPoolExecutor(1) as pool:
         return pool.submit(run).result(timeout=10)
+
+
+def publish_here(order_id: int) -> Event[Any]:
+    """Publish from the test process: the event is written to the shared log, and handed
+    off to the test's channel layer (in memory, unless ``redis_layer`` points it at Redis)."""
+    return in_thread(
+        lambda: publish(ShopEvent.ORDER_DELETED, {"order_id": order_id}, project_id=PROJECT)
+    )
+
+
+def pending(events: list[Event[Any]]) -> list[str]:
+    """The ids of ``events`` still pending in the log (their hand-off failed)."""
+    rows = EventRecord.objects.filter(
+        id__in=[event.id for event in events], status=DeliveryStatus.PENDING
+    )
+    found = set(rows.values_list("id", flat=True))
+    return [str(event.id) for event in events if event.id in found]
+
+
+def relay_pending(events: list[Event[Any]]) -> None:
+    """Run the relay until ``events`` are delivered (a send may meet a stale connection)."""
+    for attempt in range(1, 6):
+        if not pending(events):
+            return
+        now = timezone.now() + timedelta(minutes=attempt)  # every retry is due
+        in_thread(lambda: Relay().run_once(now=now))  # noqa: B023  (called at once)
+    assert pending(events) == []
+
+
+def ids(events: list[Event[Any]]) -> list[str]:
+    return [str(event.id) for event in events]
 
 
 def test_events_appear_once_even_when_relayed_twice(
@@ -163,31 +245,167 @@ def test_events_appear_once_even_when_relayed_twice(
     assert chromium_page.text_content("#errors") == ""
 
 
-def test_reconnects_after_a_restart_and_replays_what_it_missed(
+def test_a_server_restart_resumes_by_position_with_exactly_the_missed_events(
     chromium_page: Page, asgi_server_factory: AsgiServerFactory, member: Any
 ) -> None:
+    """The client comes back with the position and epoch the server gave; the new server
+    replays what came after that position, once, then goes on live."""
     server = start_server(asgi_server_factory)
+    earlier = publish_here(1)  # before the page: it gives the channel its epoch
+    open_page(chromium_page, server, member)
+    watch(chromium_page, CHANNEL)
+    [first] = received(chromium_page, "subscribed")
+    epoch = first["epoch"]
+    assert (first["position"], first["replayed"]) == (1, 0)  # it starts after `earlier`
+    assert epoch
+    live = publish_through_server(server, 2)
+    assert wait_for_events(chromium_page, 1) == [live]
+
+    server.stop()
+    status = chromium_page.locator("#status")
+    status.filter(has_not_text="open").wait_for(timeout=5_000)
+    missed = ids([publish_here(3), publish_here(4)])
+    server.start()  # the same port
+
+    assert wait_for_events(chromium_page, 3) == [live, *missed]
+    status.filter(has_text="open").wait_for(timeout=5_000)
+    resubscribe = chromium_page.evaluate(
+        "() => window.sent.filter(frame => frame.action === 'subscribe')"
+    )[-1]
+    assert (resubscribe["position"], resubscribe["epoch"]) == (2, epoch)
+    assert "since" not in resubscribe
+    again = received(chromium_page, "subscribed")[-1]
+    assert (again["position"], again["replayed"], again["epoch"]) == (2, 2, epoch)
+    # And live events follow on the new connection.
+    fourth = publish_through_server(server, 5)
+    assert wait_for_events(chromium_page, 4) == [live, *missed, fourth]
+    assert event_ids_received(chromium_page) == [live, *missed, fourth]  # none sent twice
+    assert shown_positions(chromium_page) == [2, 3, 4, 5]
+    assert str(earlier.id) not in shown_events(chromium_page)
+    assert chromium_page.evaluate("channel => window.client.position(channel)", CHANNEL) == {
+        "position": 5,
+        "epoch": epoch,
+    }
+    assert chromium_page.text_content("#resets") == ""
+
+
+@pytest.mark.redis
+def test_a_redis_restart_mid_stream_loses_nothing_and_needs_no_reset(
+    chromium_page: Page,
+    asgi_server_factory: AsgiServerFactory,
+    member: Any,
+    redis_layer: str,
+    redis_server: RedisServer,
+) -> None:
+    """Redis is killed (SIGKILL) mid-stream and events are published while it is down:
+    their hand-off fails and no relay runs, so they reach Redis never. Once Redis is back,
+    with nothing new published, the server's fan-out joins its groups again and fills
+    the gap from the log: the page gets every event, once, in position order."""
+    server = start_server(asgi_server_factory, redis_url=redis_layer, server="uvicorn")
+    open_page(chromium_page, server, member)
+    watch(chromium_page, CHANNEL)
+    before = [publish_here(1), publish_here(2)]
+    assert wait_for_events(chromium_page, 2) == ids(before)  # live, through Redis
+
+    redis_server.kill()
+    during = [publish_here(order_id) for order_id in (3, 4, 5)]
+    assert pending(during) == ids(during)  # in the log, numbered, sent nowhere
+    redis_server.start()  # the same port, and empty: the server's group is forgotten
+
+    assert wait_for_events(chromium_page, 5, timeout=10_000) == ids(before + during)
+    # The relay now sends them to Redis after all: the repeats are dropped.
+    relay_pending(during)
+    after = [publish_here(6), publish_here(7)]
+    relay_pending(after)  # the first send may have met a connection the restart closed
+    everything = ids(before + during + after)
+    assert wait_for_events(chromium_page, 7) == everything
+    assert shown_positions(chromium_page) == [1, 2, 3, 4, 5, 6, 7]
+    chromium_page.wait_for_timeout(300)  # time for a late repeat to show, if one came
+    assert event_ids_received(chromium_page) == everything  # the server sent each once
+    assert shown_events(chromium_page) == everything
+    assert received(chromium_page, "reset") == []
+    assert chromium_page.evaluate("() => window.socketsOpened") == 1  # the socket held
+    assert chromium_page.text_content("#status") == "open"
+
+
+def test_too_many_missed_while_away_is_reported_as_a_reset_with_its_position(
+    chromium_page: Page, asgi_server_factory: AsgiServerFactory, member: Any
+) -> None:
+    """More than RESUME_MAX_EVENTS missed while the socket was closed: no replay, but
+    onReset with the reason and the position the stream goes on after; then live events."""
+    server = start_server(asgi_server_factory, RESUME_MAX_EVENTS=2)
     open_page(chromium_page, server, member)
     watch(chromium_page, CHANNEL)
     first = publish_through_server(server, 1)
     assert wait_for_events(chromium_page, 1) == [first]
 
     server.stop()
-    status = chromium_page.locator("#status")
-    status.filter(has_not_text="open").wait_for(timeout=5_000)
-    missed = [str(publish_here(order_id).id) for order_id in (2, 3)]
-    server.start()  # the same port
+    chromium_page.locator("#status").filter(has_not_text="open").wait_for(timeout=5_000)
+    missed = [publish_here(order_id) for order_id in (2, 3, 4)]
+    server.start()
 
-    assert wait_for_events(chromium_page, 3) == [first, *missed]
-    status.filter(has_text="open").wait_for(timeout=5_000)
-    # They came from the log: the second subscribe asked `since` the first event.
-    subscribed = chromium_page.evaluate(
-        "() => window.received.filter(frame => frame.type === 'subscribed')"
-    )
-    assert [frame["replayed"] for frame in subscribed] == [0, 2]
-    # And live events follow on the new connection.
+    reset = chromium_page.locator("#resets li")
+    reset.first.wait_for(timeout=5_000)
+    [frame] = received(chromium_page, "reset")
+    assert reset.evaluate_all("items => items.map(item => ({...item.dataset}))") == [
+        {"channel": CHANNEL, "reason": "too_many_missed", "epoch": frame["epoch"], "position": "4"}
+    ]
+    assert frame["epoch"]
+    later = publish_through_server(server, 5)
+    assert wait_for_events(chromium_page, 2) == [first, later]
+    assert not set(ids(missed)) & set(event_ids_received(chromium_page))
+    assert shown_positions(chromium_page) == [1, 5]
+    assert chromium_page.evaluate("channel => window.client.position(channel)", CHANNEL) == {
+        "position": 5,
+        "epoch": frame["epoch"],
+    }
+
+
+def test_the_client_drops_a_frame_at_or_before_the_position_it_reached(
+    chromium_page: Page, asgi_server_factory: AsgiServerFactory, member: Any
+) -> None:
+    """The server drops repeats already; frames handed to the client itself show that it
+    does too: by position, and by id for an event that has no position."""
+    server = start_server(asgi_server_factory)
+    open_page(chromium_page, server, member)
+    watch(chromium_page, CHANNEL)
+    real = [publish_through_server(server, order_id) for order_id in (1, 2, 3)]
+    assert wait_for_events(chromium_page, 3) == real
+    frames = received(chromium_page, "event")
+
+    def inject(*injected: dict[str, Any]) -> None:
+        chromium_page.evaluate(
+            "frames => frames.forEach(f => window.client._receive(JSON.stringify(f)))",
+            list(injected),
+        )
+
+    def fake(position: int | None, order_id: int) -> dict[str, Any]:
+        event = {**frames[0]["event"], "id": str(uuid4()), "payload": {"order_id": order_id}}
+        frame = {"type": "event", "channel": CHANNEL, "event": event}
+        return frame if position is None else {**frame, "position": position}
+
+    # A repeat of the newest, an older one, and a different event at an old position.
+    inject(frames[2], frames[0], fake(2, 99))
     fourth = publish_through_server(server, 4)
-    assert wait_for_events(chromium_page, 4) == [first, *missed, fourth]
+    assert wait_for_events(chromium_page, 4) == [*real, fourth]
+    inject(received(chromium_page, "event")[-1])  # the one just shown
+    # The next position is taken; an event kept out of the log is taken once by its id.
+    ahead, unlogged = fake(5, 5), fake(None, 6)
+    inject(ahead, unlogged, unlogged, fake(5, 98))
+    assert wait_for_events(chromium_page, 6) == [
+        *real,
+        fourth,
+        ahead["event"]["id"],
+        unlogged["event"]["id"],
+    ]
+    assert chromium_page.locator("#events li").all_text_contents()[-2:] == [
+        "order.deleted #5",
+        "order.deleted #6",
+    ]
+    assert (
+        chromium_page.evaluate("channel => window.client.position(channel)", CHANNEL)["position"]
+        == 5
+    )
 
 
 def test_reset_and_forbidden_are_surfaced(
@@ -202,7 +420,7 @@ def test_reset_and_forbidden_are_surfaced(
     reset = chromium_page.locator("#resets li")
     reset.first.wait_for(timeout=5_000)
     assert reset.evaluate_all("items => items.map(item => ({...item.dataset}))") == [
-        {"channel": CHANNEL, "reason": "since_unknown"}
+        {"channel": CHANNEL, "reason": "since_unknown", "epoch": "", "position": "0"}
     ]
 
     watch(chromium_page, other_channel)

@@ -55,6 +55,14 @@ def test_redis_server_answers_stops_and_restarts_on_the_same_port(
         assert server.port == port
         assert client.ping()
         assert client.get("key") is None  # nothing is kept on disk across restarts
+
+        server.kill()  # SIGKILL, as a crash would
+        assert not server.running
+        with pytest.raises(redis.ConnectionError):
+            client.ping()
+        server.start()
+        assert server.port == port
+        assert client.ping()
         client.close()
         data_dir = server.dir
     assert not server.running

@@ -9,7 +9,7 @@ from django.views.decorators.http import require_POST
 
 from eventbus import publish
 from eventbus.bus import EventBus
-from eventbus.models import EventRecord
+from eventbus.streams import heads
 from project.events import AppEvent, Priority
 
 from .models import Agent, Project
@@ -54,21 +54,17 @@ def run_flow(request: HttpRequest, project_id: uuid.UUID) -> HttpResponse:
     return redirect(request.POST.get("next") or "demo:index")
 
 
-def resume_point(project_id: uuid.UUID) -> str | None:
-    """Where the live page starts a project's stream: the id it subscribes with as ``since``.
+def resume_point(project_id: uuid.UUID) -> dict[str, int | str]:
+    """Where the live page starts a project's stream: ``{position, epoch}`` on its channel.
 
-    The event RECENT_EVENTS back in the project's log (in commit order), so the server
-    replays the newest RECENT_EVENTS events after it. ``since`` is exclusive: when the
-    project has fewer, its oldest event is the starting point and is not shown itself.
-    None when nothing of the project is in the log yet (or not yet numbered).
+    RECENT_EVENTS positions back from the channel's head, so the server replays the
+    project's newest RECENT_EVENTS events (all of them, the first included, when it has
+    fewer), then goes on live. A channel with no event yet starts at 0 with no epoch:
+    whatever comes before the page subscribes is replayed too.
     """
-    newest_first = (
-        EventRecord.objects.filter(project_id=project_id, sequence__isnull=False)
-        .order_by("-sequence")
-        .values_list("id", flat=True)
-    )
-    ids = list(newest_first[: RECENT_EVENTS + 1])
-    return str(ids[-1]) if ids else None
+    channel = EventBus.get_project_channel(project_id)
+    head = heads([channel])[channel]
+    return {"position": max(0, head.position - RECENT_EVENTS), "epoch": head.epoch}
 
 
 @login_required
@@ -76,7 +72,7 @@ def live(request: HttpRequest) -> HttpResponse:
     """A project's events as they happen, streamed by static/eventbus/eventbus.js.
 
     The page resumes each of the member's projects from ``resume_point()``, so a reload
-    shows the recent events again, through the same ``since`` replay a reconnect uses.
+    shows the recent events again, through the same replay by position a reconnect uses.
     """
     projects = [
         {
@@ -84,7 +80,7 @@ def live(request: HttpRequest) -> HttpResponse:
             "name": project.name,
             "channel": EventBus.get_project_channel(project.pk),
             "flow_url": reverse("demo:run-flow", args=[project.pk]),
-            "since": resume_point(project.pk),
+            "resume": resume_point(project.pk),
         }
         for project in request.user.projects.order_by("name")  # type: ignore[union-attr]
     ]
@@ -101,7 +97,7 @@ def live(request: HttpRequest) -> HttpResponse:
                 "name": f"Project {selected[:8]} (not a member)",
                 "channel": EventBus.get_project_channel(selected),
                 "flow_url": "",
-                "since": None,  # a non-member learns nothing of the project's log
+                "resume": None,  # a non-member learns nothing of the project's log
             }
         )
     agents = Agent.objects.filter(project__members=request.user)

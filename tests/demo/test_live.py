@@ -18,13 +18,14 @@ from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import AnonymousUser
 from django.core.management import call_command
-from django.db import connection
+from django.db import connection, transaction
 from django.test import Client
 from django.utils import timezone
 
 from eventbus.bus import EventBus
 from eventbus.envelope import uuid7
 from eventbus.models import EventRecord
+from eventbus.streams import assign_positions, heads
 from project.demo import views
 from project.demo.authorization import may_subscribe
 from project.demo.models import Agent, Project
@@ -112,14 +113,16 @@ def test_live_page_lists_the_members_projects(demo: dict[str, Project], client: 
             "name": "Apollo",
             "channel": EventBus.get_project_channel(demo["Apollo"].pk),
             "flow_url": f"/projects/{demo['Apollo'].pk}/flow/",
-            "since": None,  # setup's events wait for a commit that this test never makes
+            # Setup's events wait for a commit that this test never makes: no event yet.
+            "resume": {"position": 0, "epoch": ""},
         }
     ]
     assert b'from "/static/eventbus/eventbus.js"' in response.content
     assert b'href="/live/"' in client.get("/").content
 
 
-def logged(project: Project | None, sequence: int | None) -> EventRecord:
+def logged(project: Project | None) -> EventRecord:
+    """An event in the log, committed but not yet numbered (the relay has not claimed it)."""
     event_id = uuid7()
     return EventRecord.objects.create(
         id=event_id,
@@ -128,38 +131,55 @@ def logged(project: Project | None, sequence: int | None) -> EventRecord:
         project_id=project.pk if project else None,
         payload={"agent_id": str(uuid4()), "reason": "test"},
         correlation_id=event_id,
-        sequence=sequence,
     )
 
 
-def test_the_resume_point_is_a_few_events_back_in_the_projects_log(
+def numbered(project: Project) -> int:
+    """An event of ``project`` in the log, at the next position on its channel: that one."""
+    channel = EventBus.get_project_channel(project.pk)
+    record = logged(project)
+    with transaction.atomic():
+        return assign_positions([(record.pk, [channel])])[record.pk][channel]
+
+
+def epoch_of(project: Project) -> str:
+    channel = EventBus.get_project_channel(project.pk)
+    return heads([channel])[channel].epoch
+
+
+def test_the_resume_point_is_a_few_positions_back_on_the_projects_channel(
     demo: dict[str, Project], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(views, "RECENT_EVENTS", 2)
     apollo, borealis = demo["Apollo"], demo["Borealis"]
-    assert views.resume_point(apollo.pk) is None  # nothing numbered in its log yet
-    first = logged(apollo, 10)
-    assert views.resume_point(apollo.pk) == str(first.pk)  # exclusive: all it can do
-    second = logged(apollo, 11)
-    logged(borealis, 12)
-    logged(None, 13)
-    logged(apollo, 14)
-    logged(apollo, None)  # committed, not numbered yet: it comes live
-    assert views.resume_point(apollo.pk) == str(first.pk)
-    logged(apollo, 15)  # now 11, 14 and 15: the page shows the newest two after 11
-    assert views.resume_point(apollo.pk) == str(second.pk)
+    # No event on its channel yet: from the start, so nothing before the page is missed.
+    assert views.resume_point(apollo.pk) == {"position": 0, "epoch": ""}
+    assert numbered(apollo) == 1
+    epoch = epoch_of(apollo)
+    assert epoch
+    assert views.resume_point(apollo.pk) == {"position": 0, "epoch": epoch}  # the first too
+    assert numbered(apollo) == 2
+    assert views.resume_point(apollo.pk) == {"position": 0, "epoch": epoch}
+    numbered(borealis)
+    logged(None)
+    logged(apollo)  # committed, not numbered yet: it comes live
+    assert numbered(apollo) == 3
+    # Positions 2 and 3 are replayed: the newest two.
+    assert views.resume_point(apollo.pk) == {"position": 1, "epoch": epoch}
+    assert views.resume_point(borealis.pk) == {"position": 0, "epoch": epoch_of(borealis)}
 
 
 def test_only_a_members_projects_get_a_resume_point(
     demo: dict[str, Project], client: Client
 ) -> None:
     apollo, borealis = demo["Apollo"], demo["Borealis"]
-    mine, theirs = logged(apollo, 1), logged(borealis, 2)
+    numbered(apollo)
+    numbered(borealis)
     client.force_login(user("alice"))
     content = client.get(f"/live/?project={borealis.pk}").content.decode()
-    assert f'data-since="{mine.pk}"' in content
-    assert str(theirs.pk) not in content
-    assert 'data-since=""' in content  # Borealis, which alice may not watch
+    assert f'data-position="0" data-epoch="{epoch_of(apollo)}"' in content
+    assert content.count("data-position=") == 1  # not for Borealis, which alice may not watch
+    assert epoch_of(borealis) not in content
 
 
 def test_flow_answers_json_when_asked(
@@ -277,7 +297,7 @@ def test_a_non_member_cannot_watch_another_project(
     bob.select_option("#project", label="Borealis")
     bob.locator("#status[data-state=open]").wait_for()
     assert bob.text_content("#status") == "live"
-    assert wait_for_rows(bob, 2) == ["agent.spawned"] * 2  # Borealis's setup, resumed
+    assert wait_for_rows(bob, 3) == ["agent.spawned"] * 3  # Borealis's setup, resumed
     assert run_flow_and_wait(bob) == FLOW
 
 
@@ -288,8 +308,8 @@ def test_a_reload_shows_the_projects_recent_events_in_order(
 ) -> None:
     server = start_demo(asgi_server_factory)
     open_live(chromium_page, server, "alice")
-    setup = shown_types(chromium_page)  # the agents' spawns, but the first: `since` excludes it
-    assert setup == ["agent.spawned"] * 2
+    setup = wait_for_rows(chromium_page, 3)  # the agents' spawns, from the project's first
+    assert setup == ["agent.spawned"] * 3
     assert run_flow_and_wait(chromium_page) == FLOW
     assert run_flow_and_wait(chromium_page) == FLOW
     ids = chromium_page.locator("#events tr").evaluate_all("rows => rows.map(r => r.dataset.id)")
@@ -298,6 +318,9 @@ def test_a_reload_shows_the_projects_recent_events_in_order(
     assert wait_for_rows(chromium_page, len(ids)) == [*setup, *FLOW, *FLOW]
     reloaded = chromium_page.locator("#events tr")
     assert reloaded.evaluate_all("rows => rows.map(r => r.dataset.id)") == ids
+    # Fewer than RECENT_EVENTS: every event of the project, its very first included.
+    logged_ids = EventRecord.objects.filter(project_id=demo["Apollo"].pk).values_list("id")
+    assert sorted(ids) == sorted(str(event_id) for (event_id,) in logged_ids)
     assert ids == sorted(ids)  # ids are UUIDv7: their order is the order events were made
     assert chromium_page.text_content("#status") == "live"
     assert chromium_page.locator("#notices li").count() == 0
