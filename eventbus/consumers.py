@@ -315,13 +315,10 @@ class EventStreamConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
 
     def on_message(self, message: dict[str, Any]) -> None:
         """A live event of a joined channel (from the fan-out): queue its frame."""
-        channel = message["channel"]
-        state = self.subscriptions.get(channel)
+        state = self._ready_for(message)
         if state is None:
             return
-        if state.held is not None:
-            self._hold(state, message)
-            return
+        channel = message["channel"]
         position = message.get("position")
         if position is not None:
             if position <= state.position:
@@ -332,13 +329,10 @@ class EventStreamConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
 
     def on_reset(self, message: dict[str, Any]) -> None:
         """The fan-out could not vouch for the channel's stream: tell the client."""
-        channel = message["channel"]
-        state = self.subscriptions.get(channel)
+        state = self._ready_for(message)
         if state is None:
             return
-        if state.held is not None:
-            self._hold(state, message)
-            return
+        channel = message["channel"]
         state.position = message["position"]
         self.send_queue.offer(
             frame_json(
@@ -346,12 +340,17 @@ class EventStreamConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
             )
         )
 
-    def _hold(self, state: _ChannelState, message: dict[str, Any]) -> None:
-        assert state.held is not None
+    def _ready_for(self, message: dict[str, Any]) -> _ChannelState | None:
+        """The channel's state when a live message can go out now; None when the socket is
+        not on the channel, or holds the message while the subscription is set up."""
+        state = self.subscriptions.get(message["channel"])
+        if state is None or state.held is None:
+            return state
         if len(state.held) < self.settings.RESUME_MAX_EVENTS:
             state.held.append(message)
         else:
             state.overflowed = True
+        return None
 
     def _send_queue_failed(self, stalled: bool) -> None:
         self._side_tasks.start(self._give_up(stalled), eager=False)

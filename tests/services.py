@@ -73,11 +73,11 @@ def _wait_until(
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise ServiceError(f"{what} exited with code {proc.returncode}\n{_tail(log)}")
+            raise ServiceError(f"{what} exited with code {proc.returncode}\n{log_tail(log)}")
         if ready():
             return
         time.sleep(0.05)
-    raise ServiceError(f"{what} was not ready within {timeout:.0f}s\n{_tail(log)}")
+    raise ServiceError(f"{what} was not ready within {timeout:.0f}s\n{log_tail(log)}")
 
 
 def _stop_process(proc: subprocess.Popen[bytes] | None, timeout: float = STOP_TIMEOUT) -> None:
@@ -92,7 +92,8 @@ def _stop_process(proc: subprocess.Popen[bytes] | None, timeout: float = STOP_TI
         proc.wait(timeout)
 
 
-def _tail(log: Path, lines: int = 40) -> str:
+def log_tail(log: Path, lines: int = 40) -> str:
+    """The last ``lines`` of a service's log, for an error message."""
     try:
         text = log.read_text(errors="replace")
     except OSError:

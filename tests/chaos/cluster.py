@@ -17,7 +17,7 @@ import time
 from collections.abc import Mapping
 from pathlib import Path
 
-from tests.services import REPO_ROOT, AsgiServer, RedisServer, ServiceError
+from tests.services import REPO_ROOT, AsgiServer, RedisServer, ServiceError, log_tail
 
 CHANNELS = [
     "eventbus.project.1",
@@ -116,17 +116,9 @@ def wait_for_line(path: Path, text: str, proc: Process, timeout: float) -> None:
         if path.exists() and text in path.read_text(errors="replace"):
             return
         if not proc.running:
-            raise ServiceError(f"{proc.name} exited before it was ready\n{tail(proc.log)}")
+            raise ServiceError(f"{proc.name} exited before it was ready\n{log_tail(proc.log, 30)}")
         time.sleep(0.1)
-    raise ServiceError(f"{proc.name} was not ready within {timeout:.0f}s\n{tail(proc.log)}")
-
-
-def tail(path: Path, lines: int = 30) -> str:
-    try:
-        text = path.read_text(errors="replace")
-    except OSError:
-        return f"(no log at {path})"
-    return f"--- last lines of {path} ---\n" + "\n".join(text.splitlines()[-lines:])
+    raise ServiceError(f"{proc.name} was not ready within {timeout:.0f}s\n{log_tail(proc.log, 30)}")
 
 
 class Cluster:

@@ -21,10 +21,10 @@ from typing import Any
 
 import psycopg
 
-from tests.services import REPO_ROOT
+from tests.services import REPO_ROOT, log_tail
 
 from .check import check, failures
-from .cluster import Cluster, base_env, tail
+from .cluster import Cluster, base_env
 from .nemesis import Nemesis, plan
 
 RESULTS = REPO_ROOT / "test-results"
@@ -190,4 +190,4 @@ def print_report(report: dict[str, Any]) -> None:
         print(text, flush=True)
     if "error" in report:
         for log in sorted(Path(report["logs"]).glob("*.log")):
-            print(tail(log, 15))
+            print(log_tail(log, 15))

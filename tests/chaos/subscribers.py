@@ -85,6 +85,20 @@ async def websocket_consumer(url: str, channels: list[str], records: IO[str]) ->
                             if not ready:
                                 ready = True
                                 note("ready")
+                    elif kind == "error" and frame.get("code") == "unavailable":
+                        # Redis was away when the server joined the channel: ask again.
+                        note("frame", frame=frame)
+                        await asyncio.sleep(RETRY_FIRST)
+                        await ws.send(
+                            json.dumps(
+                                {
+                                    "action": "subscribe",
+                                    "channel": channel,
+                                    "position": last[channel],
+                                    "epoch": epochs[channel],
+                                }
+                            )
+                        )
                     else:
                         note("frame", frame=frame)
         except Exception as exc:  # closed, refused, timed out: reconnect and resume
