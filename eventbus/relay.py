@@ -17,7 +17,7 @@ import asyncio
 import logging
 import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -112,7 +112,7 @@ class Relay:
         if logged:
             report = RelayReport()
             positions = await sync_to_async(self._claim, thread_sensitive=True)(
-                [event], None, report
+                [event], None, report, {event.id: entry}
             )
             if report.failed:
                 return
@@ -251,7 +251,11 @@ class Relay:
         return Batch([event for event in events if event.id not in failed], positions)
 
     def _claim(
-        self, events: Sequence[Event[Any]], now: datetime | None, report: RelayReport
+        self,
+        events: Sequence[Event[Any]],
+        now: datetime | None,
+        report: RelayReport,
+        entries: Mapping[UUID, CatalogEntry] | None = None,
     ) -> dict[UUID, Positions]:
         """Lease the events to this worker and number the new ones; their positions.
 
@@ -276,7 +280,8 @@ class Relay:
                 if event.id not in fresh:
                     continue
                 try:
-                    routed.append((event.id, route(event)))
+                    entry = entries.get(event.id) if entries is not None else None
+                    routed.append((event.id, route(event, entry)))
                 except Exception as exc:
                     self._mark_failed(event.id, event.type.value, "channel router failed", exc)
                     report.failed.append(event.id)
