@@ -9,7 +9,9 @@ as its text. ``EVENTBUS['CHANNEL_ROUTER']`` replaces :func:`default_channels`.
 from __future__ import annotations
 
 import contextlib
+import functools
 import re
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from django.utils.module_loading import import_string
@@ -96,5 +98,12 @@ def route(event: Event[Any], entry: CatalogEntry | None = None) -> list[str]:
     what ``EVENTBUS['CHANNEL_ROUTER']`` says, each checked; InvalidChannelError otherwise."""
     if not (entry or catalog.resolve(event.type)).spec.broadcast:
         return []
-    router = import_string(conf.get_settings().CHANNEL_ROUTER)
+    router = _router(conf.get_settings().CHANNEL_ROUTER)
     return [validate_channel(channel) for channel in router(event)]
+
+
+@functools.lru_cache(maxsize=8)
+def _router(path: str) -> Callable[[Event[Any]], Iterable[str]]:
+    # The relay routes every event it numbers: import the router once per path.
+    router: Callable[[Event[Any]], Iterable[str]] = import_string(path)
+    return router

@@ -238,15 +238,17 @@ class Relay:
             )
             if connection.features.has_select_for_update_skip_locked:
                 due = due.select_for_update(skip_locked=True)
-            rows = list(due.values_list(*EVENT_COLUMNS)[: settings.RELAY_BATCH_SIZE])
+            rows = list(due.values_list(*EVENT_COLUMNS, "sequence")[: settings.RELAY_BATCH_SIZE])
             events: list[Event[Any]] = []
-            for row in rows:
+            for *columns, _ in rows:
                 try:
-                    events.append(event_from_columns(*row))
+                    events.append(event_from_columns(*columns))
                 except Exception as exc:
-                    self._mark_corrupted(row[0], row[1], exc)
-                    report.corrupted.append(row[0])
-            positions = self._claim(events, now, report)
+                    self._mark_corrupted(columns[0], columns[1], exc)
+                    report.corrupted.append(columns[0])
+            # Rows without a sequence have never been claimed: they get their numbers now.
+            fresh = {row[0] for row in rows if row[-1] is None}
+            positions = self._claim(events, now, report, fresh=fresh)
         failed = set(report.failed)
         return Batch([event for event in events if event.id not in failed], positions)
 
@@ -256,6 +258,7 @@ class Relay:
         now: datetime | None,
         report: RelayReport,
         entries: Mapping[UUID, CatalogEntry] | None = None,
+        fresh: set[UUID] | None = None,
     ) -> dict[UUID, Positions]:
         """Lease the events to this worker and number the new ones; their positions.
 
@@ -272,9 +275,10 @@ class Relay:
             records.filter(id__in=ids).update(
                 attempts=F("attempts") + 1, next_attempt_at=now + lease
             )
-            fresh = set(
-                records.filter(id__in=ids, sequence__isnull=True).values_list("id", flat=True)
-            )
+            if fresh is None:  # the caller did not read it with the rows
+                fresh = set(
+                    records.filter(id__in=ids, sequence__isnull=True).values_list("id", flat=True)
+                )
             routed = []
             for event in events:
                 if event.id not in fresh:

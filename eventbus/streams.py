@@ -18,7 +18,7 @@ from typing import Any, TypeVar
 from uuid import UUID
 
 from asgiref.sync import sync_to_async
-from django.db import close_old_connections, router
+from django.db import close_old_connections, connections, router
 
 from .channel_names import Positions
 from .envelope import Event
@@ -55,33 +55,55 @@ def assign_positions(
 
     Call inside the transaction that claims the events: each channel's head stays
     locked until it commits, so positions become visible in order. Heads are locked
-    in channel order, so two claims never wait on each other in a circle.
+    in channel order, so two claims never wait on each other in a circle. This runs for
+    every relay batch, so it is four plain statements, not the ORM's bulk helpers.
     """
-    from .models import StreamEntry, StreamHead
+    from .models import EventRecord, StreamEntry, StreamHead
 
     alias = using or router.db_for_write(StreamHead)
     names = sorted({channel for _, channels in events for channel in channels})
     if not names:
         return {}
-    heads = StreamHead.objects.using(alias)
-    heads.bulk_create(
-        [StreamHead(channel=name, epoch=new_epoch()) for name in names], ignore_conflicts=True
+    connection = connections[alias]
+    quote = connection.ops.quote_name
+    heads_table = quote(StreamHead._meta.db_table)
+    lock = " FOR UPDATE" if connection.features.has_select_for_update else ""
+    marks = ", ".join(["%s"] * len(names))
+    select = (
+        f"SELECT channel, position FROM {heads_table} "
+        f"WHERE channel IN ({marks}) ORDER BY channel{lock}"
     )
-    locked = {
-        head.channel: head
-        for head in heads.select_for_update().filter(channel__in=names).order_by("channel")
-    }
-    positions: dict[UUID, Positions] = {}
-    entries = []
-    for event_id, channels in events:
-        mine = positions[event_id] = {}
-        for channel in dict.fromkeys(channels):
-            head = locked[channel]
-            head.position += 1
-            mine[channel] = head.position
-            entries.append(StreamEntry(channel=channel, position=head.position, event_id=event_id))
-    heads.bulk_update(list(locked.values()), ["position"])
-    StreamEntry.objects.using(alias).bulk_create(entries)
+    with connection.cursor() as cursor:
+        cursor.execute(select, names)
+        last = dict(cursor.fetchall())
+        if len(last) < len(names):  # a channel's first event: its head, with a new epoch
+            new = [name for name in names if name not in last]
+            cursor.executemany(
+                f"INSERT INTO {heads_table} (channel, epoch, position) VALUES (%s, %s, 0) "
+                "ON CONFLICT (channel) DO NOTHING",
+                [(name, new_epoch()) for name in new],
+            )
+            cursor.execute(select, names)
+            last = dict(cursor.fetchall())
+        positions: dict[UUID, Positions] = {}
+        entries = []
+        event_id_value = EventRecord._meta.pk.get_db_prep_value
+        for event_id, channels in events:
+            mine = positions[event_id] = {}
+            prepared = event_id_value(event_id, connection)
+            for channel in dict.fromkeys(channels):
+                last[channel] += 1
+                mine[channel] = last[channel]
+                entries.append((channel, last[channel], prepared))
+        cursor.executemany(
+            f"UPDATE {heads_table} SET position = %s WHERE channel = %s",
+            [(last[name], name) for name in names],
+        )
+        cursor.executemany(
+            f"INSERT INTO {quote(StreamEntry._meta.db_table)} (channel, position, event_id) "
+            "VALUES (%s, %s, %s)",
+            entries,
+        )
     return positions
 
 
