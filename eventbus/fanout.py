@@ -23,6 +23,7 @@ from typing import Any, Protocol
 
 from channels.layers import BaseChannelLayer
 
+from . import _redis
 from .cursor import RESET_TYPE, StreamCursor
 from .layers import FANOUT_CHANNEL_PREFIX
 from .reconnect import RETRY_FIRST, is_connection_error, next_delay
@@ -41,6 +42,9 @@ class Member(Protocol):
         """The group's stream skipped what the log could not fill (a reset message)."""
 
 
+STOP_SECONDS = 5.0
+
+
 class LocalFanout:
     """This process's (and event loop's) members of channel-layer groups.
 
@@ -52,7 +56,9 @@ class LocalFanout:
     refresh_seconds = 5.0
 
     def __init__(self, layer: BaseChannelLayer) -> None:
-        self.layer = layer
+        # Its reads block for a long time: under redis-py 8 the layer needs the socket
+        # timeout eventbus gives (eventbus._redis), however the layer was obtained.
+        self.layer = _redis.configure(layer)
         self.channel_name: str | None = None
         self._members: dict[str, dict[Member, None]] = {}
         self._joined: set[str] = set()
@@ -140,7 +146,9 @@ class LocalFanout:
         for task in tasks:
             task.cancel()
         if tasks:
-            await asyncio.wait(tasks)
+            # Bounded: a layer whose receive ignores cancellation (channels_redis under
+            # redis-py 8 on Python 3.11) must not hold up the socket that left last.
+            await asyncio.wait(tasks, timeout=STOP_SECONDS)
 
     async def _read(self, channel_name: str) -> None:
         delay = RETRY_FIRST
