@@ -2,6 +2,7 @@
 
 import asyncio
 import logging
+import sys
 from typing import Any
 from uuid import uuid4
 
@@ -52,7 +53,9 @@ async def test_an_idle_fanout_and_subscription_keep_the_layer_and_still_receive(
     The fan-out and the subscription use two layer aliases, as two processes would: on one
     RedisChannelLayer, receivers of differently prefixed channels take turns at one lock.
     """
-    assert redis_major() >= 8, "the suite must run what users install"
+    # What the [redis] extra installs: redis-py 8, but below 8 on Python 3.11.
+    expected_major_8 = sys.version_info >= (3, 12)
+    assert (redis_major() >= 8) == expected_major_8, "the suite must run what users install"
     config = {"BACKEND": backend, "CONFIG": {"hosts": [redis_url]}}
     channel = EventBus.get_project_channel(uuid4())
     with override_settings(CHANNEL_LAYERS={"default": config, "other": config}, EVENTBUS=EVENTBUS):
