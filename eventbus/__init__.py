@@ -12,7 +12,7 @@ from .bridge import ModelEvents, OnChange, OnCreate, OnDelete
 from .bus import EventBus, Subscription, get_event_bus
 from .catalog import EventSpec
 from .dispatcher import EventDispatcher, event_handler, get_event_dispatcher
-from .envelope import ActorType, Event, current_event
+from .envelope import ActorType, Event, current_event, current_run
 from .exceptions import (
     CatalogConflictError,
     EventBusError,
@@ -48,6 +48,7 @@ __all__ = [
     "UnknownEventTypeError",
     "apublish",
     "current_event",
+    "current_run",
     "event_handler",
     "event_published",
     "get_event_bus",

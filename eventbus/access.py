@@ -20,7 +20,7 @@ from channels.db import database_sync_to_async
 from django.utils.module_loading import import_string
 
 from . import conf
-from ._tasks import TaskSet
+from ._asyncio import TaskSet
 
 logger = logging.getLogger("eventbus.ws")
 

@@ -13,6 +13,7 @@ class EventBusConfig(AppConfig):
         from .checks import register_checks
         from .conf import get_settings
         from .dispatcher import Stages, get_event_dispatcher
+        from .durable import Runs
         from .failures import record_failure
         from .log import EventLog
         from .relay import Relay
@@ -20,5 +21,7 @@ class EventBusConfig(AppConfig):
         register_checks()
         settings = get_settings()
         catalog.load(settings.CATALOGS)
-        stages = Stages(store=EventLog(), hand_off=Relay(), record_failure=record_failure)
+        stages = Stages(
+            store=EventLog(), hand_off=Relay(), runs=Runs(), record_failure=record_failure
+        )
         get_event_dispatcher().start(settings.HANDLER_MODULES, stages)

@@ -35,12 +35,15 @@ E012 = "eventbus.E012"  # the sink broadcasts on a layer CHANNEL_LAYERS lacks
 E013 = "eventbus.E013"  # CHANNEL_ROUTER cannot be imported
 E014 = "eventbus.E014"  # a numeric setting is not a positive number
 E015 = "eventbus.E015"  # WS_ALLOWED_ORIGINS is not a list of origins
+E016 = "eventbus.E016"  # a durable handler's event type is not logged
+E017 = "eventbus.E017"  # durable handlers, but no task framework or backend to run them
 W001 = "eventbus.W001"  # CATALOGS is empty
 W002 = "eventbus.W002"  # a payload model is not frozen
 W003 = "eventbus.W003"  # no AUTHORIZE hook
 W004 = "eventbus.W004"  # another RedisChannelLayer alias with redis-py 8 and no socket_timeout
 W005 = "eventbus.W005"  # daphne's runserver reads WebSocket messages far over WS_MAX_FRAME_BYTES
 W006 = "eventbus.W006"  # (deploy) daphne serves WebSockets: no backpressure, no bound
+W007 = "eventbus.W007"  # durable runs go to a backend that runs nothing, or runs in-process
 
 _NUMBERS = (
     "MAX_PAYLOAD_BYTES",
@@ -51,6 +54,10 @@ _NUMBERS = (
     "RELAY_SWEEP_AFTER",
     "RELAY_POLL_INTERVAL",
     "RELAY_CLAIM_SECONDS",
+    "DURABLE_MAX_ATTEMPTS",
+    "DURABLE_BACKOFF_BASE",
+    "DURABLE_BACKOFF_MAX",
+    "DURABLE_RUN_TIMEOUT",
     "WS_MAX_FRAME_BYTES",
     "WS_MAX_SUBSCRIPTIONS",
     "WS_MAX_ERRORS",
@@ -85,6 +92,7 @@ def check_eventbus(
             check_settings,
             check_catalog,
             check_handlers,
+            check_durable,
             check_model_events,
             check_redis_client,
             check_authorization,
@@ -214,6 +222,79 @@ def check_handlers(
                     id=E006,
                 )
             )
+    return messages
+
+
+def check_durable(
+    app_configs: Sequence[AppConfig] | None = None, **kwargs: Any
+) -> list[CheckMessage]:
+    """Durable handlers need their events logged, and a task backend that runs them."""
+    from .durable import framework_available, task_backend
+    from .log import is_logged
+
+    dispatcher = get_event_dispatcher()
+    durable = [
+        (entry, handler)
+        for entry in dispatcher.catalog
+        for handler in dispatcher.handlers(entry.member)
+        if handler.durable
+    ]
+    if not durable:
+        return []
+    messages: list[CheckMessage] = []
+    for entry, handler in durable:
+        if not is_logged(entry):
+            messages.append(
+                Error(
+                    f"Durable handler {handler.name} handles {entry.name!r}, which is not "
+                    "logged: its runs need the event's row.",
+                    hint="Log the type (EventSpec(log=True), EVENTBUS['LOG'] = True), or make "
+                    "the handler an in-process one.",
+                    obj=handler.func,
+                    id=E016,
+                )
+            )
+    if not framework_available():
+        return [
+            *messages,
+            Error(
+                "Durable handlers are declared, but Django's task framework is missing: "
+                "django.tasks (Django 6) or the django-tasks backport (Django 5.2).",
+                hint="pip install 'django-eventbus[tasks]' on Django 5.2, and set TASKS.",
+                id=E017,
+            ),
+        ]
+    alias = conf.get_settings().DURABLE_TASK_BACKEND
+    try:
+        backend = task_backend()
+        from .tasks import run_handler
+
+        run_handler.using(backend=alias, queue_name=conf.get_settings().DURABLE_QUEUE)
+    except Exception as exc:
+        return [
+            *messages,
+            Error(
+                f"Durable runs cannot be enqueued on TASKS[{alias!r}]: {type(exc).__name__}: {exc}",
+                hint="Define that backend in TASKS (EVENTBUS['DURABLE_TASK_BACKEND']), with "
+                "EVENTBUS['DURABLE_QUEUE'] among its queues.",
+                id=E017,
+            ),
+        ]
+    kind = type(backend).__name__
+    if kind in ("ImmediateBackend", "DummyBackend"):
+        what = (
+            "never runs them"
+            if kind == "DummyBackend"
+            else "runs them inside the publishing process, where a crash loses them"
+        )
+        messages.append(
+            Warning(
+                f"Durable runs go to TASKS[{alias!r}], a {kind}, which {what}.",
+                hint="Use a backend with workers, such as django-tasks-db's DatabaseBackend "
+                "and its db_worker command (fine in tests).",
+                id=W007,
+            )
+        )
     return messages
 
 

@@ -40,6 +40,16 @@ class EventBusSettings:
     RELAY_POLL_INTERVAL: float = 0.5
     # How long a relay worker owns the rows it claimed before others may retry them.
     RELAY_CLAIM_SECONDS: float = 60.0
+    # Durable handlers (eventbus/durable.py): the TASKS alias and queue their runs go to,
+    # attempts before a run is dead (per-handler override: max_attempts=), the backoff
+    # between attempts, and how long a started run may take before the relay's sweep
+    # presumes its worker lost and runs it again.
+    DURABLE_TASK_BACKEND: str = "default"
+    DURABLE_QUEUE: str = "default"
+    DURABLE_MAX_ATTEMPTS: int = 5
+    DURABLE_BACKOFF_BASE: float = 2.0
+    DURABLE_BACKOFF_MAX: float = 600.0
+    DURABLE_RUN_TIMEOUT: float = 600.0
     # Real-time delivery: the CHANNEL_LAYERS alias, and what picks an event's channels.
     CHANNEL_LAYER: str = "default"
     CHANNEL_ROUTER: str = "eventbus.bus.default_channels"

@@ -19,7 +19,7 @@ from uuid import UUID
 from channels.generic.websocket import AsyncWebsocketConsumer
 
 from . import conf
-from ._tasks import TaskSet
+from ._asyncio import TaskSet
 from .access import get_access_watch, is_authenticated, may_subscribe
 from .bus import get_event_bus
 from .channel_names import validate_channel

@@ -19,10 +19,11 @@ import asyncio
 import logging
 import time
 import warnings
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Protocol, Unpack
+from uuid import UUID
 
 from asgiref.sync import async_to_sync, sync_to_async
 from django.core.exceptions import SynchronousOnlyOperation
@@ -30,7 +31,7 @@ from django.db import transaction
 from django.utils.module_loading import autodiscover_modules
 from pydantic import BaseModel
 
-from ._tasks import TaskSet, in_event_loop
+from ._asyncio import TaskSet, in_event_loop
 from .catalog import Catalog, CatalogEntry, catalog
 from .envelope import EnvelopeFields, Event, _current_event, new_event, validate_payload
 from .exceptions import EventBusError, InvalidHandlerError, UnknownEventTypeError
@@ -64,12 +65,27 @@ class HandOff(Protocol):
     async def ahand_off(self, event: Event[Any], entry: CatalogEntry) -> None: ...
 
 
+class RunsStage(Protocol):
+    """The runs stage: durable handlers' runs, recorded with the event, enqueued after it."""
+
+    def record(
+        self,
+        event: Event[Any],
+        entry: CatalogEntry,
+        handlers: Sequence[Handler],
+        using: str | None,
+    ) -> list[UUID]: ...
+
+    def enqueue(self, run_ids: Sequence[UUID]) -> None: ...
+
+
 @dataclass(frozen=True)
 class Stages:
     """What a dispatcher does around validation and dispatch; each stage is optional."""
 
     store: Store | None = None
     hand_off: HandOff | None = None
+    runs: RunsStage | None = None
     record_failure: FailureRecorder | None = None
 
 
@@ -80,6 +96,14 @@ class DeclarationError:
     handler: HandlerFunc
     event_type: object
     error: EventBusError
+
+
+@dataclass(frozen=True)
+class _Declared:
+    event_type: object
+    handler: HandlerFunc
+    durable: bool
+    max_attempts: int | None
 
 
 class EventDispatcher:
@@ -95,39 +119,65 @@ class EventDispatcher:
         self.catalog = event_catalog if event_catalog is not None else catalog
         self.stages = stages or Stages()
         self._handlers: dict[str, tuple[Handler, ...]] = {}
+        self._durable: dict[str, tuple[Handler, ...]] = {}
         self._observers: tuple[Observer, ...] = ()
         self._tasks = TaskSet()
-        self._declared: list[tuple[object, HandlerFunc]] = []
+        self._declared: list[_Declared] = []
         self._started = False
         self._collecting = False
         self.declaration_errors: list[DeclarationError] = []
 
     # -- handlers ------------------------------------------------------------
 
-    def subscribe(self, event_type: object, handler: HandlerFunc) -> None:
+    def subscribe(
+        self,
+        event_type: object,
+        handler: HandlerFunc,
+        *,
+        durable: bool = False,
+        max_attempts: int | None = None,
+    ) -> None:
         """Subscribe ``handler`` to ``event_type``; subscribing it twice is a no-op.
 
-        Raises :class:`UnknownEventTypeError` for a type not in the catalog and
+        A ``durable`` handler runs in a task worker after the commit, at least once,
+        with its database writes applied once (eventbus/durable.py); ``max_attempts``
+        overrides ``DURABLE_MAX_ATTEMPTS`` for it. Raises
+        :class:`UnknownEventTypeError` for a type not in the catalog and
         :class:`InvalidHandlerError` for a handler that cannot take one positional
-        argument or whose annotation names another payload model.
+        argument, whose annotation names another payload model, or that cannot be
+        durable (async, not at module level, or a bad ``max_attempts``).
         """
         entry = self.catalog.resolve(event_type)
-        current = self._handlers.get(entry.name, ())
+        table = self._durable if durable else self._handlers
+        current = table.get(entry.name, ())
         if any(known.func == handler for known in current):
             return
-        self._handlers[entry.name] = (*current, inspect_handler(handler, entry))
+        record = inspect_handler(handler, entry)
+        if durable:
+            _check_durable(record, entry.name, max_attempts, current)
+            record = replace(record, durable=True, max_attempts=max_attempts)
+        table[entry.name] = (*current, record)
 
     def unsubscribe(self, event_type: object, handler: HandlerFunc) -> bool:
         """Remove ``handler``; return whether it was subscribed."""
         entry = self.catalog.resolve(event_type)
-        current = self._handlers.get(entry.name, ())
-        kept = tuple(known for known in current if known.func != handler)
-        self._handlers[entry.name] = kept
-        return len(kept) != len(current)
+        found = False
+        for table in (self._handlers, self._durable):
+            current = table.get(entry.name, ())
+            kept = tuple(known for known in current if known.func != handler)
+            table[entry.name] = kept
+            found = found or len(kept) != len(current)
+        return found
 
     def handlers(self, event_type: object) -> tuple[Handler, ...]:
-        """The handlers subscribed to ``event_type``, in the order they run."""
-        return self._handlers.get(self.catalog.resolve(event_type).name, ())
+        """The handlers subscribed to ``event_type``: in-process ones in the order they
+        run, then durable ones (``Handler.durable``)."""
+        name = self.catalog.resolve(event_type).name
+        return self._handlers.get(name, ()) + self._durable.get(name, ())
+
+    def durable_handler(self, event_type: str, name: str) -> Handler | None:
+        """The durable handler called ``name`` (its dotted path) for ``event_type``, if any."""
+        return next((h for h in self._durable.get(event_type, ()) if h.name == name), None)
 
     def has_handlers(self, event_type: object) -> bool:
         return bool(self.handlers(event_type))
@@ -141,18 +191,26 @@ class EventDispatcher:
         )
         return self.handlers(event_type)
 
-    def declare(self, event_type: object, handler: HandlerFunc) -> None:
+    def declare(
+        self,
+        event_type: object,
+        handler: HandlerFunc,
+        *,
+        durable: bool = False,
+        max_attempts: int | None = None,
+    ) -> None:
         """Subscribe a handler declared with ``@event_handler``.
 
         Before start-up the declaration waits; during start-up a miswired handler
         becomes a system-check error instead of a crash; after start-up it raises.
         """
+        declared = _Declared(event_type, handler, durable, max_attempts)
         if not self._started:
-            self._declared.append((event_type, handler))
+            self._declared.append(declared)
         elif self._collecting:
-            self._subscribe_or_record(event_type, handler)
+            self._subscribe_or_record(declared)
         else:
-            self.subscribe(event_type, handler)
+            self.subscribe(event_type, handler, durable=durable, max_attempts=max_attempts)
 
     def start(self, handler_modules: tuple[str, ...], stages: Stages | None = None) -> None:
         """Set the stages, subscribe declared handlers and autodiscover handler modules.
@@ -165,18 +223,25 @@ class EventDispatcher:
         self._collecting = True
         try:
             declared, self._declared = self._declared, []
-            for event_type, handler in declared:
-                self._subscribe_or_record(event_type, handler)
+            for declaration in declared:
+                self._subscribe_or_record(declaration)
             if handler_modules:
                 autodiscover_modules(*handler_modules)
         finally:
             self._collecting = False
 
-    def _subscribe_or_record(self, event_type: object, handler: HandlerFunc) -> None:
+    def _subscribe_or_record(self, declared: _Declared) -> None:
         try:
-            self.subscribe(event_type, handler)
+            self.subscribe(
+                declared.event_type,
+                declared.handler,
+                durable=declared.durable,
+                max_attempts=declared.max_attempts,
+            )
         except (UnknownEventTypeError, InvalidHandlerError) as exc:
-            self.declaration_errors.append(DeclarationError(handler, event_type, exc))
+            self.declaration_errors.append(
+                DeclarationError(declared.handler, declared.event_type, exc)
+            )
 
     # -- observers -----------------------------------------------------------
 
@@ -234,14 +299,21 @@ class EventDispatcher:
                 "on the database: use 'await apublish(...)'."
             )
         event, entry, payload_bytes = self._validate(event_type, payload, envelope)
-        if self.stages.store is not None:
-            self.stages.store.store(event, entry, payload_bytes, using)
+        durable = self._durable.get(entry.name)
+        if durable:
+            run_ids = self._store_with_runs(event, entry, payload_bytes, using, durable)
+        else:
+            run_ids = []
+            if self.stages.store is not None:
+                self.stages.store.store(event, entry, payload_bytes, using)
         for observer in self._observers:
             observer(event)
         if not immediate and transaction.get_connection(using).in_atomic_block:
-            transaction.on_commit(lambda: self._committed(event, entry), using=using, robust=True)
+            transaction.on_commit(
+                lambda: self._committed(event, entry, run_ids), using=using, robust=True
+            )
         else:
-            self._committed(event, entry)
+            self._committed(event, entry, run_ids)
         return event
 
     async def apublish(
@@ -259,12 +331,20 @@ class EventDispatcher:
         Async code has no open transaction, so the event counts as committed once stored.
         """
         event, entry, payload_bytes = self._validate(event_type, payload, envelope)
-        if self.stages.store is not None:
+        durable = self._durable.get(entry.name)
+        run_ids: list[UUID] = []
+        if durable:
+            run_ids = await sync_to_async(self._store_with_runs, thread_sensitive=True)(
+                event, entry, payload_bytes, using, durable
+            )
+        elif self.stages.store is not None:
             await self.stages.store.astore(event, entry, payload_bytes, using)
         for observer in self._observers:
             observer(event)
         if self.stages.hand_off is not None:
             await self.stages.hand_off.ahand_off(event, entry)
+        if run_ids and self.stages.runs is not None:
+            await sync_to_async(self.stages.runs.enqueue, thread_sensitive=True)(run_ids)
         await self.adispatch(event)
         return event
 
@@ -276,11 +356,33 @@ class EventDispatcher:
         event = new_event(entry, validate_payload(entry, payload), envelope)
         return event, entry, payload_json(event)
 
-    def _committed(self, event: Event[Any], entry: CatalogEntry) -> None:
+    def _store_with_runs(
+        self,
+        event: Event[Any],
+        entry: CatalogEntry,
+        payload: bytes,
+        using: str | None,
+        durable: Sequence[Handler],
+    ) -> list[UUID]:
+        """The store stage for a type with durable handlers: row and runs commit together."""
+        runs = self.stages.runs
+        if runs is None:
+            raise EventBusError(
+                f"{entry.name!r} has durable handlers, but this dispatcher has no runs "
+                "stage to record them (only the process-wide dispatcher has one)."
+            )
+        with transaction.atomic(using=using):
+            if self.stages.store is not None:
+                self.stages.store.store(event, entry, payload, using)
+            return runs.record(event, entry, durable, using)
+
+    def _committed(self, event: Event[Any], entry: CatalogEntry, run_ids: list[UUID]) -> None:
         # Hand off before the handlers run, so the events they publish follow this one
         # out of the process too: live order and sequence numbers keep cause before effect.
         if self.stages.hand_off is not None:
             self.stages.hand_off.hand_off(event, entry)
+        if run_ids and self.stages.runs is not None:
+            self.stages.runs.enqueue(run_ids)
         self.dispatch(event)
 
     # -- dispatch ------------------------------------------------------------
@@ -389,12 +491,12 @@ class EventDispatcher:
     @contextmanager
     def isolated(self) -> Iterator[EventDispatcher]:
         """Swap out every handler for the duration of the block (for tests)."""
-        saved = self._handlers
-        self._handlers = {}
+        saved = self._handlers, self._durable
+        self._handlers, self._durable = {}, {}
         try:
             yield self
         finally:
-            self._handlers = saved
+            self._handlers, self._durable = saved
 
 
 _dispatcher = EventDispatcher()
@@ -405,19 +507,43 @@ def get_event_dispatcher() -> EventDispatcher:
     return _dispatcher
 
 
-def event_handler(*event_types: object) -> Callable[[HandlerFunc], HandlerFunc]:
+def event_handler(
+    *event_types: object, durable: bool = False, max_attempts: int | None = None
+) -> Callable[[HandlerFunc], HandlerFunc]:
     """Subscribe the decorated function to each of ``event_types``.
 
     Put handlers in a ``handlers.py`` module of an installed app (see
     ``EVENTBUS['HANDLER_MODULES']``); they are discovered at start-up, and a
     miswired one fails ``manage.py check`` with ``eventbus.E005``/``E006``.
+    ``durable=True`` runs it in a task worker instead, after the commit, retried up
+    to ``max_attempts`` times (default ``DURABLE_MAX_ATTEMPTS``); see the README's
+    durable handlers section.
     """
     if not event_types:
         raise TypeError("event_handler() needs at least one event type")
 
     def decorator(func: HandlerFunc) -> HandlerFunc:
         for event_type in event_types:
-            _dispatcher.declare(event_type, func)
+            _dispatcher.declare(event_type, func, durable=durable, max_attempts=max_attempts)
         return func
 
     return decorator
+
+
+def _check_durable(
+    handler: Handler, event_type: str, max_attempts: object, current: tuple[Handler, ...]
+) -> None:
+    """Refuse what a task worker could not run as a durable handler."""
+    problem = None
+    if handler.is_async:
+        problem = "is async: a durable handler's writes must share its run's transaction"
+    elif "<" in handler.name:
+        problem = "is not a module-level function: workers find durable handlers by name"
+    elif any(known.name == handler.name for known in current):
+        problem = "has the same dotted name as another durable handler of this type"
+    elif max_attempts is not None and (
+        isinstance(max_attempts, bool) or not isinstance(max_attempts, int) or max_attempts < 1
+    ):
+        problem = f"has max_attempts={max_attempts!r}: give a positive integer, or None"
+    if problem:
+        raise InvalidHandlerError(f"Durable handler {handler.name} for {event_type!r} {problem}.")

@@ -13,7 +13,7 @@ import enum
 from collections.abc import Mapping
 from contextvars import ContextVar
 from datetime import UTC, datetime
-from typing import Annotated, Any, Generic, TypedDict, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, Generic, TypedDict, TypeVar
 from uuid import UUID
 
 from pydantic import (
@@ -33,6 +33,9 @@ from .ids import ObjectKey, parse_key, parse_uuid, uuid7
 Key = Annotated[ObjectKey, BeforeValidator(parse_key)]
 """A project or actor key as the envelope holds it: a UUID, an int or a short string."""
 
+if TYPE_CHECKING:
+    from .models import HandlerRun
+
 PayloadT = TypeVar("PayloadT", bound=BaseModel)
 
 _current_event: ContextVar[Event[Any] | None] = ContextVar("eventbus_current_event", default=None)
@@ -41,6 +44,19 @@ _current_event: ContextVar[Event[Any] | None] = ContextVar("eventbus_current_eve
 def current_event() -> Event[Any] | None:
     """The event whose handlers are running in this context, if any."""
     return _current_event.get()
+
+
+# The durable run being executed (a HandlerRun row; eventbus/durable.py sets it).
+_current_run: ContextVar[Any] = ContextVar("eventbus_current_run", default=None)
+
+
+def current_run() -> HandlerRun | None:
+    """The run being executed, inside a durable handler; else None.
+
+    ``current_run().idempotency_key`` (event id and handler) is what to pass to other
+    systems, so that a repeated run is recognised there too.
+    """
+    return _current_run.get()  # type: ignore[no-any-return]
 
 
 class ActorType(enum.StrEnum):

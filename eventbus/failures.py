@@ -12,7 +12,7 @@ from typing import Any
 from asgiref.sync import sync_to_async
 from django.db import router, transaction
 
-from ._tasks import TaskSet, in_event_loop
+from ._asyncio import TaskSet, in_event_loop
 from .envelope import Event
 from .models import HandlerFailure
 

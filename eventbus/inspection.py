@@ -31,6 +31,9 @@ class Handler:
     name: str
     is_async: bool
     wants_payload: bool
+    # Durable handlers run through the task framework (eventbus/durable.py).
+    durable: bool = False
+    max_attempts: int | None = None
 
     def argument(self, event: Event[Any]) -> Any:
         return event.payload if self.wants_payload else event

@@ -205,3 +205,66 @@ class StreamEntry(models.Model):
 
     def __str__(self) -> str:
         return f"{self.channel} #{self.position}"
+
+
+class RunStatus(models.TextChoices):
+    PENDING = "pending", _("pending")
+    RUNNING = "running", _("running")
+    DONE = "done", _("done")
+    DEAD = "dead", _("dead")
+
+
+class HandlerRun(models.Model):
+    """One durable handler's run on one event: its queue entry, its history and its inbox.
+
+    The row is written with the event, in the publisher's transaction, and the task
+    framework is told about it after the commit. The run's ``done`` mark commits in one
+    transaction with the handler's own writes, so a run that repeats (a retry, a
+    duplicate delivery, a replay) finds it and does nothing.
+
+    ``event`` is not a database constraint: a run outlives its event's row when the
+    log is pruned, and then ends dead with that reason instead of vanishing.
+    """
+
+    id = models.UUIDField(primary_key=True, editable=False)
+    event = models.ForeignKey(
+        EventRecord,
+        on_delete=models.DO_NOTHING,
+        db_constraint=False,
+        related_name="handler_runs",
+    )
+    event_type = models.CharField(max_length=200)
+    handler = models.CharField(max_length=300)
+    status = models.CharField(max_length=10, choices=RunStatus.choices, default=RunStatus.PENDING)
+    attempts = models.PositiveIntegerField(default=0)
+    max_attempts = models.PositiveIntegerField()
+    created_at = models.DateTimeField()
+    # When the next attempt may start: the publish time, or after a failure its backoff.
+    due_at = models.DateTimeField()
+    # When the task framework was last told, and the id it gave that task.
+    enqueued_at = models.DateTimeField(null=True, blank=True)
+    task_id = models.CharField(max_length=64, blank=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    last_error = models.TextField(blank=True)
+    traceback = models.TextField(blank=True)
+
+    class Meta:
+        verbose_name = _("handler run")
+        ordering = ("-created_at",)
+        constraints = (
+            models.UniqueConstraint(fields=("event", "handler"), name="eventbus_run_unique"),
+        )
+        indexes = (
+            # The sweep: runs by status, oldest due first; the admin's status filter.
+            models.Index(fields=("status", "due_at"), name="eventbus_run_due_idx"),
+        )
+        permissions = (("retry_handlerrun", "Can retry dead handler runs"),)
+
+    def __str__(self) -> str:
+        return f"{self.handler} on {self.event_type} {self.event_id}"
+
+    @property
+    def idempotency_key(self) -> str:
+        """What a handler passes to other systems so a repeated run is recognised there."""
+        return f"{self.event_id}:{self.handler}"

@@ -29,7 +29,8 @@ from django.db.models import F, Q
 from django.utils import timezone
 
 from . import conf
-from ._tasks import TaskSet, in_event_loop
+from ._asyncio import TaskSet, in_event_loop
+from .backoff import doubling
 from .catalog import CatalogEntry
 from .channel_names import Positions, route
 from .envelope import Event
@@ -65,9 +66,7 @@ class RelayReport:
 def backoff_seconds(attempts: int) -> float:
     """Delay before the next attempt after ``attempts`` failed ones: doubling, capped."""
     settings = conf.get_settings()
-    return float(
-        min(settings.RELAY_BACKOFF_MAX, settings.RELAY_BACKOFF_BASE * 2 ** max(attempts - 1, 0))
-    )
+    return doubling(attempts, settings.RELAY_BACKOFF_BASE, settings.RELAY_BACKOFF_MAX)
 
 
 class Relay:
@@ -188,8 +187,12 @@ class Relay:
                 deadline is not None and time.monotonic() >= deadline
             )
 
+        swept_at = 0.0
         try:
             while True:
+                if time.monotonic() - swept_at >= max(settings.RELAY_POLL_INTERVAL, 1.0):
+                    swept_at = time.monotonic()
+                    await self._asweep()
                 if claim is None:
                     if stopping():
                         break
@@ -216,6 +219,15 @@ class Relay:
             if claim is not None:
                 claim.cancel()
         return delivered
+
+    async def _asweep(self) -> None:
+        """Durable runs that nothing else will enqueue (eventbus/durable.py's sweep)."""
+        from .durable import sweep
+
+        try:
+            await sync_to_async(sweep, thread_sensitive=True)()
+        except Exception as exc:  # the task backend or the database is away: next time
+            logger.warning("Sweep of durable runs failed, retrying: %s", exc)
 
     # -- database steps (sync, in one short transaction each) ----------------
 

@@ -24,6 +24,8 @@ INSTALLED_APPS = [
     "django.contrib.messages",
     "django.contrib.staticfiles",
     "channels",
+    "django_tasks_db",
+    "django_rq",
     "eventbus",
     "tests.testapp",
 ]
@@ -96,6 +98,15 @@ if os.environ.get("EVENTBUS_TEST_REDIS_URL"):
     }
 else:
     CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
+
+# Durable handlers' task backend: django-tasks-db (its db_worker needs no service), or
+# with EVENTBUS_TEST_RQ_URL, django-tasks-rq on the suite's own redis-server.
+if os.environ.get("EVENTBUS_TEST_RQ_URL"):
+    TASKS = {"default": {"BACKEND": "django_tasks_rq.RQBackend", "QUEUES": ["default"]}}
+    RQ_QUEUES = {"default": {"URL": os.environ["EVENTBUS_TEST_RQ_URL"]}}
+else:
+    TASKS = {"default": {"BACKEND": "django_tasks_db.DatabaseBackend"}}
+    RQ_QUEUES = {"default": {"URL": "redis://127.0.0.1:1/0"}}  # configured, never used
 
 EVENTBUS = {
     "CATALOGS": ["tests.testapp.events.EVENT_PAYLOAD_MAP"],

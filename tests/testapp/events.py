@@ -23,6 +23,8 @@ class ShopEvent(enum.StrEnum):
     NOTE_ADDED = "note.added"
     METRIC_SAMPLED = "metric.sampled"
     FILE_ATTACHED = "file.attached"
+    PAYMENT_RECEIVED = "payment.received"
+    PAYMENT_SETTLED = "payment.settled"
 
 
 class Frozen(BaseModel):
@@ -72,6 +74,23 @@ class FileAttached(Frozen):
     content: bytes  # JSON can only hold it when it is valid UTF-8
 
 
+class PaymentReceived(Frozen):
+    """Drives the durable handlers of tests/testapp/handlers.py and their faults."""
+
+    payment_id: int
+    amount: int = 1
+    # The first ``fail_times`` attempts of notify_payment raise.
+    fail_times: int = 0
+    # Seconds record_payment waits after its writes, inside its transaction; then after
+    # its commit, before the task returns to the worker (where faults are injected).
+    hold: float = 0.0
+    hold_after_commit: float = 0.0
+
+
+class PaymentSettled(Frozen):
+    payment_id: int
+
+
 EVENT_PAYLOAD_MAP = {
     ShopEvent.ORDER_PLACED: OrderPlaced,
     ShopEvent.ORDER_STATUS_CHANGED: OrderStatusChanged,
@@ -81,4 +100,6 @@ EVENT_PAYLOAD_MAP = {
     ShopEvent.NOTE_ADDED: EventSpec(NoteAdded, private_fields=frozenset({"author_email"})),
     ShopEvent.METRIC_SAMPLED: EventSpec(MetricSampled, log=False, broadcast=False),
     ShopEvent.FILE_ATTACHED: FileAttached,
+    ShopEvent.PAYMENT_RECEIVED: PaymentReceived,
+    ShopEvent.PAYMENT_SETTLED: PaymentSettled,
 }

@@ -24,3 +24,13 @@ class Team(models.Model):
 
     name = models.CharField(max_length=100)
     members = models.ManyToManyField(settings.AUTH_USER_MODEL, blank=True)
+
+
+class Effect(models.Model):
+    """One database effect of a durable handler; counted by the tests, so no unique key:
+    exactly once must come from eventbus's inbox, not from a constraint here."""
+
+    event_id = models.UUIDField(db_index=True)
+    handler = models.CharField(max_length=50)
+    attempt = models.PositiveIntegerField()
+    pid = models.PositiveIntegerField()

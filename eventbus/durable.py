@@ -1,0 +1,461 @@
+"""Durable handlers: each run recorded with its event, enqueued after the commit, applied once.
+
+The life of a run (one :class:`HandlerRun` row per event and durable handler):
+
+1. **Record**: the row is inserted with the event's, in the publisher's transaction.
+2. **Enqueue**: after the commit, ``eventbus.tasks.run_handler`` is enqueued on the
+   ``TASKS`` backend named by ``DURABLE_TASK_BACKEND``. Never before: a worker cannot
+   start a run whose event may still roll back.
+3. **Execute**, in a worker: the run is marked running (attempts + 1), then the handler
+   runs in one transaction with the run's ``done`` mark, so its database effects commit
+   exactly once. A handler that raises is retried with backoff, and after
+   ``max_attempts`` the run is dead, with its traceback.
+4. **Sweep**, in ``manage.py eventbus_relay``: runs whose enqueue never happened (the
+   publisher died after its commit), whose worker was lost mid-run, or whose task the
+   backend lost, are enqueued again. Duplicates are harmless: they find the mark.
+"""
+
+from __future__ import annotations
+
+import logging
+import traceback
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Any
+from uuid import UUID
+
+from django.db import connections, router, transaction
+from django.db.models import F
+from django.utils import timezone
+
+from . import conf
+from .backoff import doubling
+from .catalog import CatalogEntry
+from .envelope import Event, _current_event, _current_run
+from .exceptions import EventBusError
+from .ids import uuid7
+from .inspection import Handler
+from .log import is_logged
+from .models import EVENT_COLUMNS, EventRecord, HandlerRun, RunStatus, event_from_columns
+
+if TYPE_CHECKING:
+    from .dispatcher import EventDispatcher
+
+logger = logging.getLogger("eventbus.durable")
+
+
+def backoff_seconds(attempts: int) -> float:
+    """Delay before the next attempt after ``attempts`` failed ones."""
+    settings = conf.get_settings()
+    return doubling(attempts, settings.DURABLE_BACKOFF_BASE, settings.DURABLE_BACKOFF_MAX)
+
+
+def framework_available() -> bool:
+    """Whether Django's task framework can be imported (Django 6, or the backport)."""
+    try:
+        import django.tasks  # noqa: F401
+    except ImportError:
+        try:
+            import django_tasks  # noqa: F401
+        except ImportError:
+            return False
+    return True
+
+
+def task_backend() -> Any:
+    """The ``TASKS`` backend durable runs go to (``DURABLE_TASK_BACKEND``)."""
+    try:
+        from django.tasks import task_backends
+    except ImportError:
+        from django_tasks import (  # type: ignore[assignment,no-redef,import-not-found,unused-ignore]
+            task_backends,
+        )
+    return task_backends[conf.get_settings().DURABLE_TASK_BACKEND]
+
+
+# -- the runs stage of publishing ----------------------------------------------
+
+
+class Runs:
+    """The runs stage of publishing: record with the event, enqueue after the commit."""
+
+    def record(
+        self,
+        event: Event[Any],
+        entry: CatalogEntry,
+        handlers: Sequence[Handler],
+        using: str | None,
+    ) -> list[UUID]:
+        """Insert one pending run per handler in the current transaction; their ids.
+
+        Raises :class:`EventBusError` when the event's type is not logged: a run needs
+        its event's row (``eventbus.E016`` reports this at start-up).
+        """
+        if not is_logged(entry):
+            raise EventBusError(
+                f"{entry.name!r} has durable handlers but is not logged (EVENTBUS['LOG'] "
+                "or its EventSpec(log=False)): a durable run needs the event's row."
+            )
+        alias = using or router.db_for_write(HandlerRun)
+        default_attempts = conf.get_settings().DURABLE_MAX_ATTEMPTS
+        now = timezone.now()
+        runs = [
+            HandlerRun(
+                id=uuid7(),
+                event_id=event.id,
+                event_type=entry.name,
+                handler=handler.name,
+                max_attempts=handler.max_attempts or default_attempts,
+                created_at=now,
+                due_at=now,
+            )
+            for handler in handlers
+        ]
+        HandlerRun.objects.using(alias).bulk_create(runs)
+        return [run.id for run in runs]
+
+    def enqueue(self, run_ids: Sequence[UUID]) -> None:
+        """Hand runs to the task framework, after their commit.
+
+        A backend that cannot be reached is logged, not raised: the runs stay pending
+        and the relay's sweep enqueues them after ``RELAY_SWEEP_AFTER`` seconds.
+        """
+        try:
+            enqueue(run_ids)
+        except Exception as exc:
+            logger.warning(
+                "Could not enqueue %d durable run(s); the relay's sweep will: %s",
+                len(run_ids),
+                exc,
+                exc_info=exc,
+            )
+
+
+_task_cache: dict[tuple[str, str], Any] = {}
+
+
+def _task(run_after: datetime | None = None) -> Any:
+    settings = conf.get_settings()
+    key = (settings.DURABLE_TASK_BACKEND, settings.DURABLE_QUEUE)
+    task = _task_cache.get(key)
+    if task is None:
+        from .tasks import run_handler
+
+        task = _task_cache[key] = run_handler.using(
+            backend=settings.DURABLE_TASK_BACKEND, queue_name=settings.DURABLE_QUEUE
+        )
+    return task if run_after is None else task.using(run_after=run_after)
+
+
+def enqueue(run_ids: Sequence[UUID], run_after: datetime | None = None) -> None:
+    """Enqueue one task per run now (or to start at ``run_after``), and note it on the rows.
+
+    Raises what the backend raises. A backend whose enqueue is a row in the same
+    database (``django-tasks-db``) commits its tasks and the notes together.
+    """
+    if not run_ids:
+        return
+    task = _task(run_after)
+    alias = router.db_for_write(HandlerRun)
+    runs = HandlerRun.objects.using(alias)
+    now = timezone.now()
+    with transaction.atomic(using=alias):
+        for run_id in run_ids:
+            result = task.enqueue(str(run_id))
+            runs.filter(pk=run_id).update(enqueued_at=now, task_id=str(result.id)[:64])
+
+
+# -- in the worker ----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Loaded:
+    run: HandlerRun
+    handler: Handler | None
+    event: Event[Any] | None
+    problem: str
+
+
+def execute(run_id: str, dispatcher: EventDispatcher | None = None, force: bool = False) -> str:
+    """Run one durable handler on its event, once; what happened.
+
+    - "done": the handler ran and its writes committed with the run's done mark;
+    - "retrying" / "dead": it raised; the run goes again after its backoff, or is dead;
+    - "skipped: ...": nothing to do (already done or dead, or the row is gone).
+
+    ``force`` (``eventbus_replay --force``) runs a done run again.
+    """
+    if dispatcher is None:
+        from .dispatcher import get_event_dispatcher
+
+        dispatcher = get_event_dispatcher()
+    alias = router.db_for_write(HandlerRun)
+    runs = HandlerRun.objects.using(alias)
+    runnable = [RunStatus.PENDING, RunStatus.RUNNING]
+    if force:
+        runnable.append(RunStatus.DONE)
+    started_at = timezone.now()
+    # Step 1, committed on its own: the attempt counts, and operators see it running,
+    # even if this worker dies before the end.
+    claimed = runs.filter(pk=run_id, status__in=runnable).update(
+        status=RunStatus.RUNNING, attempts=F("attempts") + 1, started_at=started_at
+    )
+    if not claimed:
+        status = runs.filter(pk=run_id).values_list("status", flat=True).first()
+        why = "the run no longer exists" if status is None else f"the run is {status}"
+        logger.info("Durable run %s skipped: %s", run_id, why)
+        return f"skipped: {why}"
+    loaded = _load(runs.get(pk=run_id), dispatcher, alias)
+    if loaded.handler is None or loaded.event is None:
+        _end(loaded.run, alias, dead=True, error=loaded.problem, trace="")
+        return "dead"
+    run, handler, event = loaded.run, loaded.handler, loaded.event
+    try:
+        # Step 2: the done mark and the handler's writes, in one transaction. The mark
+        # comes first: it takes the row's lock, so a duplicate of this run waits here
+        # and then finds the run done.
+        with transaction.atomic(using=alias):
+            if not runs.filter(pk=run_id, status=RunStatus.RUNNING).update(
+                status=RunStatus.DONE, last_error="", traceback=""
+            ):
+                return "skipped: another worker finished it"
+            with _running(run, event):
+                handler.func(handler.argument(event))
+            runs.filter(pk=run_id).update(finished_at=timezone.now())
+    except Exception as exc:
+        return _failed(run, event, exc, alias)
+    return "done"
+
+
+@contextmanager
+def _running(run: HandlerRun, event: Event[Any]) -> Iterator[None]:
+    # Events the handler publishes are caused by the one it handles.
+    event_token = _current_event.set(event)
+    run_token = _current_run.set(run)
+    try:
+        yield
+    finally:
+        _current_run.reset(run_token)
+        _current_event.reset(event_token)
+
+
+def _load(run: HandlerRun, dispatcher: EventDispatcher, alias: str) -> _Loaded:
+    handler = dispatcher.durable_handler(run.event_type, run.handler)
+    if handler is None:
+        return _Loaded(
+            run,
+            None,
+            None,
+            f"{run.handler} is not a durable handler of {run.event_type!r} in this process: "
+            "it was renamed or removed, or its module is not imported by the workers. "
+            "Deploy it, then retry the run from the admin.",
+        )
+    columns = (
+        EventRecord.objects.using(alias).filter(pk=run.event_id).values_list(*EVENT_COLUMNS).first()
+    )
+    if columns is None:
+        return _Loaded(
+            run,
+            handler,
+            None,
+            f"Event {run.event_id} is no longer in the event log (pruned?): nothing to run on.",
+        )
+    try:
+        event = event_from_columns(*columns)
+    except Exception as exc:
+        return _Loaded(
+            run,
+            handler,
+            None,
+            f"Event {run.event_id} no longer fits the catalog: {type(exc).__name__}: {exc}",
+        )
+    return _Loaded(run, handler, event, "")
+
+
+def _failed(run: HandlerRun, event: Event[Any], exc: Exception, alias: str) -> str:
+    attempts = run.attempts  # read after step 1 counted this attempt
+    dead = attempts >= run.max_attempts
+    trace = "".join(traceback.format_exception(exc))
+    logger.error(
+        "Durable handler %s failed on event %s (%s), attempt %d of %d: %s",
+        run.handler,
+        run.event_id,
+        run.event_type,
+        attempts,
+        run.max_attempts,
+        exc,
+        exc_info=exc,
+        extra={"event_id": str(run.event_id), "event_type": run.event_type, "handler": run.handler},
+    )
+    due = _end(
+        run, alias, dead=dead, error=f"{type(exc).__name__}: {exc}", trace=trace, attempts=attempts
+    )
+    if dead:
+        return "dead"
+    _retry_later([run.id], due)
+    return "retrying"
+
+
+def _end(
+    run: HandlerRun,
+    alias: str,
+    *,
+    dead: bool,
+    error: str,
+    trace: str,
+    attempts: int | None = None,
+) -> datetime:
+    """Record a failed attempt: dead, or pending again after its backoff; when it is due."""
+    now = timezone.now()
+    due = now + timedelta(seconds=backoff_seconds(attempts or run.attempts))
+    if dead:
+        logger.error(
+            "Durable run %s is dead: %s",
+            run.id,
+            error,
+            extra={"event_id": str(run.event_id), "handler": run.handler},
+        )
+    HandlerRun.objects.using(alias).filter(pk=run.id, status=RunStatus.RUNNING).update(
+        status=RunStatus.DEAD if dead else RunStatus.PENDING,
+        due_at=due,
+        enqueued_at=None,
+        task_id="",
+        finished_at=now,
+        last_error=error[:10_000],
+        traceback=trace,
+    )
+    return due
+
+
+def _retry_later(run_ids: Sequence[UUID], due: datetime) -> None:
+    # Where the backend can defer, the retry is enqueued now to start at ``due``;
+    # elsewhere it waits, unenqueued, for the sweep.
+    try:
+        if task_backend().supports_defer:
+            enqueue(run_ids, run_after=due)
+    except Exception as exc:
+        logger.warning("Could not enqueue the retry of %s; the sweep will: %s", run_ids, exc)
+
+
+# -- the sweep ----------------------------------------------------------------------
+
+
+@dataclass
+class SweepReport:
+    """What one sweep did, by run id."""
+
+    enqueued: list[UUID] = field(default_factory=list)  # never enqueued, or due again
+    lost: list[UUID] = field(default_factory=list)  # started, never finished: run again
+    dead: list[UUID] = field(default_factory=list)  # lost on their last attempt
+    requeued: list[UUID] = field(default_factory=list)  # the backend lost their task
+
+    def __bool__(self) -> bool:
+        return bool(self.enqueued or self.lost or self.dead or self.requeued)
+
+
+def sweep(now: datetime | None = None, limit: int = 500) -> SweepReport:
+    """Enqueue the runs that nothing else will; called by the relay worker.
+
+    - pending runs never enqueued, ``RELAY_SWEEP_AFTER`` seconds after they were due
+      (their publisher died after the commit, or their enqueue failed);
+    - running runs started more than ``DURABLE_RUN_TIMEOUT`` ago: their worker is
+      presumed lost; they run again, or are dead if that was their last attempt;
+    - pending runs enqueued more than ``DURABLE_RUN_TIMEOUT`` ago whose task the
+      backend no longer holds as waiting.
+    """
+    settings = conf.get_settings()
+    now = now or timezone.now()
+    alias = router.db_for_write(HandlerRun)
+    runs = HandlerRun.objects.using(alias)
+    report = SweepReport()
+    skip_locked = connections[alias].features.has_select_for_update_skip_locked
+    timeout = timedelta(seconds=settings.DURABLE_RUN_TIMEOUT)
+
+    never = list(
+        runs.filter(
+            status=RunStatus.PENDING,
+            enqueued_at__isnull=True,
+            due_at__lte=now - timedelta(seconds=settings.RELAY_SWEEP_AFTER),
+        )
+        .order_by("due_at")
+        .values_list("id", flat=True)[:limit]
+    )
+    report.enqueued.extend(never)
+
+    with transaction.atomic(using=alias):
+        stale = runs.filter(status=RunStatus.RUNNING, started_at__lte=now - timeout)
+        if skip_locked:  # a run whose handler is still in its transaction holds its row
+            stale = stale.select_for_update(skip_locked=True)
+        for run_id, attempts, max_attempts in stale.values_list("id", "attempts", "max_attempts")[
+            :limit
+        ]:
+            dead = attempts >= max_attempts
+            error = (
+                f"The run started at attempt {attempts} and did not finish within "
+                f"DURABLE_RUN_TIMEOUT ({settings.DURABLE_RUN_TIMEOUT:g} s): its worker was lost."
+            )
+            runs.filter(pk=run_id, status=RunStatus.RUNNING).update(
+                status=RunStatus.DEAD if dead else RunStatus.PENDING,
+                due_at=now,
+                enqueued_at=None,
+                task_id="",
+                last_error=error,
+                traceback="",
+            )
+            (report.dead if dead else report.lost).append(run_id)
+            if dead:
+                logger.error("Durable run %s is dead: %s", run_id, error)
+            else:
+                logger.warning("Durable run %s: %s Running it again.", run_id, error)
+
+    waiting = list(
+        runs.filter(
+            status=RunStatus.PENDING,
+            enqueued_at__lte=now - timeout,
+            due_at__lte=now - timeout,
+        ).values_list("id", "task_id")[:limit]
+    )
+    if waiting:
+        report.requeued.extend(_lost_tasks(waiting))
+
+    again = [*report.enqueued, *report.lost, *report.requeued]
+    if again:
+        enqueue(again)
+    return report
+
+
+def _lost_tasks(waiting: list[tuple[UUID, str]]) -> list[UUID]:
+    """The runs among ``waiting`` whose task the backend no longer holds as ready."""
+    backend = task_backend()
+    if not getattr(backend, "supports_get_result", False):
+        return [run_id for run_id, _ in waiting]
+    lost = []
+    for run_id, task_id in waiting:
+        try:
+            status = str(backend.get_result(task_id).status)
+        except Exception:  # TaskResultDoesNotExist, or an id the backend cannot parse
+            status = "missing"
+        if not status.endswith("READY"):
+            lost.append(run_id)
+    return lost
+
+
+# -- operators ----------------------------------------------------------------------
+
+
+def retry(run_ids: Sequence[UUID]) -> int:
+    """Give dead runs a fresh set of attempts and enqueue them (the admin's action)."""
+    alias = router.db_for_write(HandlerRun)
+    now = timezone.now()
+    ids = list(
+        HandlerRun.objects.using(alias)
+        .filter(pk__in=run_ids, status=RunStatus.DEAD)
+        .values_list("id", flat=True)
+    )
+    HandlerRun.objects.using(alias).filter(pk__in=ids, status=RunStatus.DEAD).update(
+        status=RunStatus.PENDING, attempts=0, due_at=now, enqueued_at=None, task_id=""
+    )
+    Runs().enqueue(ids)
+    return len(ids)
