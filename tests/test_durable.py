@@ -8,6 +8,7 @@ from datetime import timedelta
 from typing import Any
 from uuid import UUID
 
+import django
 import pytest
 from django.core.checks import run_checks
 from django.db import transaction
@@ -306,16 +307,13 @@ def _check_ids(**eventbus: Any) -> list[str]:
 
 
 def test_checks_name_a_missing_task_backend_and_one_that_is_not_durable():
+    # Django 6 ships the framework; Django 5.2 has the backport.
+    framework = "django.tasks" if django.VERSION >= (6,) else "django_tasks"
     assert "eventbus.E017" not in _check_ids()
     assert "eventbus.E017" in _check_ids(DURABLE_TASK_BACKEND="nowhere")
-    with override_settings(
-        TASKS={"default": {"BACKEND": "django.tasks.backends.immediate.ImmediateBackend"}}
-    ):
-        assert "eventbus.W007" in _check_ids()
-    with override_settings(
-        TASKS={"default": {"BACKEND": "django.tasks.backends.dummy.DummyBackend"}}
-    ):
-        assert "eventbus.W007" in _check_ids()
+    for kind in ("immediate.ImmediateBackend", "dummy.DummyBackend"):
+        with override_settings(TASKS={"default": {"BACKEND": f"{framework}.backends.{kind}"}}):
+            assert "eventbus.W007" in _check_ids()
 
 
 def test_check_refuses_durable_handlers_on_an_unlogged_type():
