@@ -43,3 +43,34 @@ def capture_events(dispatcher: EventDispatcher | None = None) -> Iterator[Captur
         yield captured
     finally:
         dispatcher.disconnect_observer(captured.append)
+
+
+def run_durable_handlers(max_rounds: int = 10) -> int:
+    """Execute every pending durable run here and now, as a worker would; how many ran.
+
+    Runs that the executed handlers cause (their events' durable handlers) run too, up
+    to ``max_rounds`` rounds. A run that raises stays pending (or dead) as it would in
+    a worker; its next attempt waits for another call. Use it in tests instead of
+    starting a worker; the runs must be committed (``django_db(transaction=True)``), or
+    recorded in the test's transaction when the test never commits.
+    """
+    from .durable import execute
+    from .models import HandlerRun, RunStatus
+
+    ran = 0
+    tried: set[Any] = set()
+    for _ in range(max_rounds):
+        pending = [
+            run_id
+            for run_id in HandlerRun.objects.filter(status=RunStatus.PENDING)
+            .order_by("created_at")
+            .values_list("id", flat=True)
+            if run_id not in tried
+        ]
+        if not pending:
+            break
+        for run_id in pending:
+            tried.add(run_id)
+            execute(str(run_id))
+            ran += 1
+    return ran

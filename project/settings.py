@@ -19,6 +19,7 @@ INSTALLED_APPS = [
     "django.contrib.messages",
     "django.contrib.staticfiles",
     "channels",
+    "django_tasks_db",
     "eventbus",
     "project.demo",
 ]
@@ -77,6 +78,10 @@ LOGIN_URL = "/accounts/login/"
 LOGIN_REDIRECT_URL = "/live/"
 
 CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
+
+# Durable handlers run on django-tasks-db: tasks are rows in the demo's SQLite database
+# and `manage.py db_worker` (started by scripts/demo.sh) runs them; no other service.
+TASKS = {"default": {"BACKEND": "django_tasks_db.DatabaseBackend"}}
 
 EVENTBUS = {
     "CATALOGS": ["project.events.EVENT_PAYLOAD_MAP"],

@@ -327,3 +327,17 @@ def test_handlers_lists_durable_ones_after_in_process_ones():
     assert [h.name for h in handlers if h.durable] == list(HANDLERS.values())
     assert {h.max_attempts for h in handlers} == {None, 3}
     assert isinstance(handlers[0].name, str) and not isinstance(handlers[0].name, UUID)
+
+
+def test_run_durable_handlers_runs_what_is_pending_once(django_capture_on_commit_callbacks):
+    from eventbus.testing import run_durable_handlers
+
+    first, second = pay(1), pay(2, fail_times=10)
+    assert run_durable_handlers() == 6
+    assert [effects(first, h) for h in ("record", "notify", "audit")] == [1, 1, 1]
+    assert [effects(second, h) for h in ("record", "notify", "audit")] == [1, 0, 1]
+    assert run_of(second, "notify").status == RunStatus.PENDING  # its retry waits
+    assert run_durable_handlers() == 1  # the retry, once called again
+    assert run_durable_handlers() == 1
+    assert run_of(second, "notify").status == RunStatus.DEAD
+    assert run_durable_handlers() == 0

@@ -2,7 +2,8 @@
 
 Discovered at start-up (EVENTBUS['HANDLER_MODULES'] defaults to 'handlers').
 The flow: triage.finished -> ticket.created -> ticket.assignee_updated +
-agent.status_changed + agent.message (+ ticket.escalated when urgent).
+agent.status_changed + agent.message (+ ticket.escalated when urgent). The first step
+is durable: it runs in ``manage.py db_worker``, the rest in-process after it.
 """
 
 import uuid
@@ -41,7 +42,10 @@ class AgentEvents(ModelEvents):
     status = OnChange("status", EventType.AGENT_STATUS_CHANGED)
 
 
-@event_handler(AppEvent.TRIAGE_FINISHED)
+# Durable: a task worker runs it after the commit, and retries it if it fails or the
+# worker dies; the ticket and the run's done mark commit together, so a triage opens
+# exactly one ticket however often the run repeats.
+@event_handler(AppEvent.TRIAGE_FINISHED, durable=True)
 def open_ticket(event: Event[TriageFinished]) -> None:
     Ticket.objects.create(
         project_id=event.project_id,

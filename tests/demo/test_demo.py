@@ -1,19 +1,26 @@
 """The demo site's own tests: run with the demo's settings (``--ds=project.settings``)."""
 
 import io
+import signal
+import time
 import uuid
-from datetime import date
+from datetime import date, timedelta
 from typing import Any
 
 import pytest
 from django.core import checks
 from django.core.management import call_command
+from django.utils import timezone
 from pydantic import BaseModel
 
 from eventbus import Event, get_event_dispatcher
 from eventbus.catalog import catalog
+from eventbus.durable import sweep
+from eventbus.models import HandlerRun, RunStatus
+from eventbus.testing import run_durable_handlers
 from project.demo.models import Agent, Project, Ticket
 from project.events import EVENT_PAYLOAD_MAP, AgentStatus, AppEvent, EventType, TicketStatus
+from tests.demo.workers import start_worker, stop, worker_process
 
 SAMPLES: dict[str, dict[str, Any]] = {
     "triage.finished": {
@@ -149,6 +156,10 @@ def test_triage_flow_runs_through_events_only(demo, captured_events):
         project_id=demo.pk,
         actor_type="user",
     )
+    # Opening the ticket is durable: it waits for a worker.
+    assert captured_events.types() == ["triage.finished"] and not Ticket.objects.exists()
+    assert run_durable_handlers() == 1
+    assert run_durable_handlers() == 0  # run once: the ticket opens once
     assert captured_events.types() == [
         "triage.finished",
         "ticket.created",
@@ -188,6 +199,9 @@ def test_index_and_flow_views(demo, client, django_capture_on_commit_callbacks):
     assert client.post(f"/projects/{borealis.pk}/flow/").status_code == 404  # not a member
     with django_capture_on_commit_callbacks(execute=True):
         assert client.post(f"/projects/{demo.pk}/flow/").status_code == 302
+    assert not Ticket.objects.exists()
+    with django_capture_on_commit_callbacks(execute=True):
+        assert run_durable_handlers() == 1
     assert Ticket.objects.filter(project=demo).count() == 1
 
 
@@ -201,3 +215,42 @@ def test_members_sign_in_through_the_demo_login_page(demo, client):
     assert client.get("/live/").status_code == 200
     refused = client.post("/accounts/login/", {"username": "alice", "password": "nope"})
     assert b"Wrong username or password" in refused.content
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_worker_killed_mid_flow_still_opens_exactly_one_ticket_per_triage(demo):
+    """SIGKILL the demo's worker while it opens tickets; a new worker and the sweep finish
+    the flow, and every triage has exactly one ticket."""
+    triages = 20
+    for n in range(triages):
+        get_event_dispatcher().publish(
+            AppEvent.TRIAGE_FINISHED,
+            {"conversation_id": uuid.uuid4(), "title": f"triage {n}", "priority": "low"},
+            project_id=demo.pk,
+        )
+    assert HandlerRun.objects.filter(status=RunStatus.PENDING).count() == triages
+    worker = start_worker()
+    try:
+        deadline = time.monotonic() + 60
+        while not Ticket.objects.exists() and time.monotonic() < deadline:
+            time.sleep(0.005)
+        stop(worker, signal.SIGKILL)
+    finally:
+        stop(worker, signal.SIGKILL)
+    opened_before_kill = Ticket.objects.count()
+    assert opened_before_kill > 0
+    # Runs the killed worker had started are found by the sweep once DURABLE_RUN_TIMEOUT
+    # has passed (here: as if it had), and enqueued again for the next worker.
+    sweep(now=timezone.now() + timedelta(seconds=601))
+    with worker_process():
+        deadline = time.monotonic() + 60
+        while (
+            HandlerRun.objects.exclude(status=RunStatus.DONE).exists()
+            and time.monotonic() < deadline
+        ):
+            sweep()  # the relay's sweep, which the demo runs too
+            time.sleep(0.1)
+    assert HandlerRun.objects.filter(status=RunStatus.DONE).count() == triages
+    titles = list(Ticket.objects.values_list("title", flat=True))
+    assert sorted(titles) == sorted(f"triage {n}" for n in range(triages))
+    print(f"opened {opened_before_kill} of {triages} tickets before the SIGKILL; {len(titles)} after")

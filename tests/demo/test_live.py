@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import io
 import re
+import subprocess
 import time
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 from uuid import uuid4
 
@@ -29,6 +31,7 @@ from eventbus.streams import assign_positions, heads
 from project.demo import views
 from project.demo.authorization import may_subscribe
 from project.demo.models import Agent, Project
+from tests.demo.workers import worker_process
 
 if TYPE_CHECKING:
     from playwright.sync_api import Browser, Page
@@ -207,6 +210,17 @@ def start_demo(factory: AsgiServerFactory) -> AsgiServer:
     )
 
 
+@pytest.fixture
+def demo_worker(demo: dict[str, Project]) -> Iterator[subprocess.Popen[bytes]]:
+    """The demo's task worker, as scripts/demo.sh starts it: it opens the flow's tickets.
+
+    Its events reach the server's sockets from the log (the in-memory layer does not
+    cross processes), within the fan-out's refresh: so flows are waited for longer.
+    """
+    with worker_process() as process:
+        yield process
+
+
 def sign_in(page: Page, server: AsgiServer, username: str) -> None:
     """Sign ``username`` in: a session cookie in the page's browser context."""
     client = Client()
@@ -232,11 +246,11 @@ def shown_types(page: Page) -> list[str]:
     return rows.evaluate_all("rows => rows.map(row => row.dataset.type)")
 
 
-def wait_for_rows(page: Page, count: int) -> list[str]:
+def wait_for_rows(page: Page, count: int, timeout: float = 5_000) -> list[str]:
     page.wait_for_function(
         "count => document.querySelectorAll('#events tr[data-type]').length >= count",
         arg=count,
-        timeout=5_000,
+        timeout=timeout,
     )
     return shown_types(page)
 
@@ -245,13 +259,17 @@ def run_flow_and_wait(page: Page) -> list[str]:
     """Run the flow; the types shown after it (the page may have shown events before)."""
     before = len(shown_types(page))
     page.click("#run-flow")
-    return wait_for_rows(page, before + len(FLOW))[before:]
+    # The worker polls every 0.5 s, and the server reads the log every 5 s.
+    return wait_for_rows(page, before + len(FLOW), timeout=15_000)[before:]
 
 
 @pytest.mark.browser
 @pytest.mark.django_db(transaction=True)
 def test_a_member_sees_the_flow_live(
-    demo: dict[str, Project], chromium_page: Page, asgi_server_factory: AsgiServerFactory
+    demo: dict[str, Project],
+    demo_worker: subprocess.Popen[bytes],
+    chromium_page: Page,
+    asgi_server_factory: AsgiServerFactory,
 ) -> None:
     server = start_demo(asgi_server_factory)
     chromium_page.set_viewport_size({"width": 1100, "height": 620})
@@ -273,7 +291,10 @@ def test_a_member_sees_the_flow_live(
 @pytest.mark.browser
 @pytest.mark.django_db(transaction=True)
 def test_a_non_member_cannot_watch_another_project(
-    demo: dict[str, Project], chromium_page: Page, asgi_server_factory: AsgiServerFactory
+    demo: dict[str, Project],
+    demo_worker: subprocess.Popen[bytes],
+    chromium_page: Page,
+    asgi_server_factory: AsgiServerFactory,
 ) -> None:
     apollo = demo["Apollo"]
     server = start_demo(asgi_server_factory)
@@ -304,7 +325,10 @@ def test_a_non_member_cannot_watch_another_project(
 @pytest.mark.browser
 @pytest.mark.django_db(transaction=True)
 def test_a_reload_shows_the_projects_recent_events_in_order(
-    demo: dict[str, Project], chromium_page: Page, asgi_server_factory: AsgiServerFactory
+    demo: dict[str, Project],
+    demo_worker: subprocess.Popen[bytes],
+    chromium_page: Page,
+    asgi_server_factory: AsgiServerFactory,
 ) -> None:
     server = start_demo(asgi_server_factory)
     open_live(chromium_page, server, "alice")
