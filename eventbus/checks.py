@@ -213,10 +213,14 @@ def check_handlers(
                 )
             )
         else:
+            durable = str(problem.error).startswith("Durable handler")
             messages.append(
                 Error(
                     str(problem.error),
-                    hint="Annotate the handler's argument as Event[PayloadModel] with the "
+                    hint="Make it a sync, module-level function with a unique name and a "
+                    "positive max_attempts, or declare it without durable=True."
+                    if durable
+                    else "Annotate the handler's argument as Event[PayloadModel] with the "
                     "catalog's payload model, or leave it unannotated.",
                     obj=problem.handler,
                     id=E006,

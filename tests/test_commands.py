@@ -47,6 +47,26 @@ def test_prune_deletes_only_old_delivered_rows_in_batches():
     assert not EventRecord.objects.filter(id__in=[r.id for r in old_delivered]).exists()
 
 
+def test_prune_keeps_events_whose_durable_runs_have_not_finished():
+    from eventbus.models import HandlerRun, RunStatus
+
+    events = [make(DeliveryStatus.DELIVERED, timedelta(days=40)) for _ in range(4)]
+    for event, status in zip(events, RunStatus.values, strict=True):
+        HandlerRun.objects.create(
+            id=uuid7(),
+            event_id=event.id,
+            event_type=event.type,
+            handler="tests.testapp.handlers.audit_payment",
+            status=status,
+            max_attempts=3,
+            created_at=event.timestamp,
+            due_at=event.timestamp,
+        )
+    assert "deleted 2" in run("eventbus_prune", "--older-than", "30d")
+    kept = {RunStatus.PENDING, RunStatus.RUNNING}
+    assert set(EventRecord.objects.values_list("handler_runs__status", flat=True)) == kept
+
+
 @pytest.mark.parametrize(
     ("span", "kept"), [("2w", 1), ("72h", 0), ("4320m", 0), ("5d", 1), ("500000s", 1)]
 )

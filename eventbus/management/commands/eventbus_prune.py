@@ -5,7 +5,7 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.utils import timezone
 
-from eventbus.models import DeliveryStatus, EventRecord
+from eventbus.models import DeliveryStatus, EventRecord, HandlerRun, RunStatus
 
 _UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
 _SPAN = re.compile(r"^(\d+)([smhdw])$")
@@ -23,7 +23,10 @@ def parse_span(text: str) -> timedelta:
 
 
 class Command(BaseCommand):
-    help = "Delete delivered events older than a span, in batches; pending and failed rows stay."
+    help = (
+        "Delete delivered events older than a span, in batches; pending and failed rows "
+        "stay, and so do events whose durable handler runs have not finished."
+    )
 
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("--older-than", required=True, help="A span such as 30d, 12h, 2w.")
@@ -36,7 +39,12 @@ class Command(BaseCommand):
         if batch_size < 1:
             raise CommandError("--batch-size must be at least 1.")
         cutoff = timezone.now() - span
-        old = EventRecord.objects.filter(status=DeliveryStatus.DELIVERED, timestamp__lt=cutoff)
+        unfinished = HandlerRun.objects.filter(
+            status__in=(RunStatus.PENDING, RunStatus.RUNNING)
+        ).values("event_id")
+        old = EventRecord.objects.filter(
+            status=DeliveryStatus.DELIVERED, timestamp__lt=cutoff
+        ).exclude(id__in=unfinished)
         if options["dry_run"]:
             self.stdout.write(
                 f"would delete {old.count()} delivered event(s) before {cutoff:%Y-%m-%d %H:%M:%S}"
