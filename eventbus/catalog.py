@@ -9,8 +9,9 @@ is kept in ``load_errors`` for the system checks instead of crashing start-up.
 from __future__ import annotations
 
 import enum
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 from django.utils.module_loading import import_string
 from pydantic import BaseModel
@@ -25,12 +26,19 @@ class EventSpec:
     ``log=False`` keeps high-volume events out of the event log;
     ``broadcast=False`` keeps them off the real-time channels;
     ``private_fields`` are payload fields never sent to a channel or browser.
+    ``version`` is the payload's current version (stored with each row), and
+    ``upcasters`` maps each older version N to a function turning a stored payload of
+    version N (a dict) into version N + 1's shape: rows are read as ``version``.
     """
 
     payload: type[BaseModel]
     log: bool = True
     broadcast: bool = True
     private_fields: frozenset[str] = field(default_factory=frozenset)
+    version: int = 1
+    upcasters: Mapping[int, Callable[[dict[str, Any]], dict[str, Any]]] = field(
+        default_factory=dict
+    )
 
 
 @dataclass(frozen=True, slots=True)
