@@ -14,9 +14,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from django.utils.module_loading import import_string
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
 
-from .exceptions import CatalogConflictError, ImproperlyConfiguredCatalog, UnknownEventTypeError
+from .exceptions import (
+    CatalogConflictError,
+    ImproperlyConfiguredCatalog,
+    UnknownEventTypeError,
+    UnreadablePayloadError,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,6 +59,46 @@ class CatalogEntry:
     @property
     def payload_model(self) -> type[BaseModel]:
         return self.spec.payload
+
+    def read_payload(self, stored: Any, version: int = 1) -> BaseModel:
+        """A stored payload of ``version`` as the current model: upcast, then validated.
+
+        The stored row is not rewritten. Raises :class:`UnreadablePayloadError` naming
+        the step that failed: a version with no upcaster, one newer than the catalog's,
+        an upcaster that raised, or a result the current model refuses.
+        """
+        current = self.spec.version
+        if version > current:
+            raise UnreadablePayloadError(
+                f"{self.name!r}: the row is at payload version {version}, newer than the "
+                f"catalog's {current} (was a deploy rolled back?)."
+            )
+        payload = stored
+        for step in range(version, current):
+            upcaster = self.spec.upcasters.get(step)
+            if upcaster is None:
+                raise UnreadablePayloadError(
+                    f"{self.name!r}: no upcaster from payload version {step} to {step + 1}."
+                )
+            if not isinstance(payload, dict):
+                raise UnreadablePayloadError(
+                    f"{self.name!r}: the stored payload is a {type(payload).__name__}, "
+                    "not a JSON object."
+                )
+            try:
+                payload = upcaster(dict(payload))
+            except Exception as exc:
+                raise UnreadablePayloadError(
+                    f"{self.name!r}: the upcaster from version {step} to {step + 1} raised "
+                    f"{type(exc).__name__}: {exc}"
+                ) from exc
+        try:
+            return self.spec.payload.model_validate(payload)
+        except ValidationError as exc:
+            raise UnreadablePayloadError(
+                f"{self.name!r}: the stored payload (version {version}) does not fit "
+                f"{_dotted(self.spec.payload)} (version {current}): {exc}"
+            ) from exc
 
 
 class Catalog:

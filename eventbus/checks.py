@@ -37,6 +37,7 @@ E014 = "eventbus.E014"  # a numeric setting is not a positive number
 E015 = "eventbus.E015"  # WS_ALLOWED_ORIGINS is not a list of origins
 E016 = "eventbus.E016"  # a durable handler's event type is not logged
 E017 = "eventbus.E017"  # durable handlers, but no task framework or backend to run them
+E018 = "eventbus.E018"  # a payload version without an upcaster path to the current one
 W001 = "eventbus.W001"  # CATALOGS is empty
 W002 = "eventbus.W002"  # a payload model is not frozen
 W003 = "eventbus.W003"  # no AUTHORIZE hook
@@ -194,7 +195,50 @@ def check_catalog(
                     id=E009,
                 )
             )
+        messages.extend(version_messages(entry))
     return messages
+
+
+def version_messages(entry: Any) -> list[CheckMessage]:
+    """A type's version must be reachable from every older one, one upcaster per step."""
+    spec = entry.spec
+    version = spec.version
+    if isinstance(version, bool) or not isinstance(version, int) or version < 1:
+        problem = f"has payload version {version!r}; versions are integers from 1"
+    else:
+        steps = spec.upcasters
+        bad_keys = sorted(
+            str(key)
+            for key in steps
+            if isinstance(key, bool) or not isinstance(key, int) or not 1 <= key < version
+        )
+        missing = [step for step in range(1, version) if step not in steps]
+        not_callable = sorted(str(key) for key, func in steps.items() if not callable(func))
+        if bad_keys:
+            problem = (
+                f"is at version {version} but has upcasters from version(s) "
+                f"{', '.join(bad_keys)}: versions go backwards, or past the current one"
+            )
+        elif missing:
+            problem = (
+                f"is at version {version} but has no upcaster from version(s) "
+                f"{', '.join(map(str, missing))}: rows stored then cannot be read"
+            )
+        elif not_callable:
+            problem = (
+                f"has upcasters that are not callable (from version(s) {', '.join(not_callable)})"
+            )
+        else:
+            return []
+    return [
+        Error(
+            f"{entry.name!r} {problem}.",
+            hint="Give EventSpec(version=N, upcasters={1: v1_to_v2, ..., N-1: ...}): one "
+            "function per step, each turning a payload dict into the next version's shape.",
+            obj=entry.spec.payload,
+            id=E018,
+        )
+    ]
 
 
 def check_handlers(

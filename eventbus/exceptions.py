@@ -65,6 +65,10 @@ class PayloadTooLargeError(EventBusError, ValueError):
     """A payload's JSON is larger than ``EVENTBUS['MAX_PAYLOAD_BYTES']``."""
 
 
+class UnreadablePayloadError(EventBusError, ValueError):
+    """A stored payload cannot be read as its type's current payload model."""
+
+
 class InvalidChannelError(EventBusError, ValueError):
     """A channel name that Channels groups cannot hold."""
 

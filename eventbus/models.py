@@ -36,6 +36,8 @@ class EventRecord(models.Model):
         max_length=10, choices=[(a.value, a.value) for a in ActorType], default=ActorType.SYSTEM
     )
     payload = models.JSONField()
+    # The catalog's payload version when the row was written; read rows are upcast.
+    payload_version = models.PositiveIntegerField(default=1, db_default=1)
     correlation_id = models.UUIDField()
     causation_id = models.UUIDField(null=True, blank=True)
 
@@ -87,6 +89,7 @@ EVENT_COLUMNS = (
     "payload",
     "correlation_id",
     "causation_id",
+    "payload_version",
 )
 
 
@@ -100,11 +103,13 @@ def event_from_columns(
     payload: Any,
     correlation_id: Any,
     causation_id: Any,
+    payload_version: int = 1,
 ) -> Event[Any]:
     """An event from its row's values (``values_list(*EVENT_COLUMNS)`` gives them).
 
-    The payload is validated against its model again (rows outlive schema changes);
-    the envelope columns are typed by the database already. Reading values rather
+    The payload is upcast from its stored version and validated against the current
+    model (rows outlive schema changes; :class:`UnreadablePayloadError` when it cannot
+    be); the envelope columns are typed by the database already. Reading values rather
     than model instances is what lets the relay keep up with a backlog.
     """
     entry = catalog.resolve(type)
@@ -116,7 +121,7 @@ def event_from_columns(
             "project_id": None if project_id is None else parse_key(project_id),
             "actor_id": None if actor_id is None else parse_key(actor_id),
             "actor_type": ActorType(actor_type),
-            "payload": entry.payload_model.model_validate(payload),
+            "payload": entry.read_payload(payload, payload_version),
             "correlation_id": correlation_id,
             "causation_id": causation_id,
         }
@@ -135,6 +140,7 @@ def event_to_columns(event: Event[Any], payload: Any) -> dict[str, Any]:
         "payload": payload,
         "correlation_id": event.correlation_id,
         "causation_id": event.causation_id,
+        "payload_version": catalog.resolve(event.type).spec.version,
     }
 
 
