@@ -327,3 +327,22 @@ def test_handlers_lists_durable_ones_after_in_process_ones():
     assert [h.name for h in handlers if h.durable] == list(HANDLERS.values())
     assert {h.max_attempts for h in handlers} == {None, 3}
     assert isinstance(handlers[0].name, str) and not isinstance(handlers[0].name, UUID)
+
+
+def count_any(event: Event[Any]) -> None:
+    """A durable handler of two types (at module level, as a durable one must be)."""
+
+
+def test_durable_handlers_names_each_with_the_types_it_handles():
+    from eventbus import get_event_dispatcher
+
+    assert get_event_dispatcher().durable_handlers() == {
+        name: ("payment.received",) for name in HANDLERS.values()
+    }
+    dispatcher = EventDispatcher()
+    dispatcher.subscribe(ShopEvent.PAYMENT_RECEIVED, count_any, durable=True)
+    dispatcher.subscribe(ShopEvent.PAYMENT_SETTLED, count_any, durable=True)
+    dispatcher.subscribe(ShopEvent.PAYMENT_SETTLED, lambda event: None)  # in-process
+    assert dispatcher.durable_handlers() == {
+        "tests.test_durable.count_any": ("payment.received", "payment.settled")
+    }
