@@ -27,7 +27,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 from uuid import UUID
 
 from django.db import router, transaction
@@ -35,9 +35,11 @@ from django.db.models import Count, Max, Q, QuerySet
 from django.utils import timezone
 
 from . import conf, durable
-from .dispatcher import EventDispatcher
 from .ids import uuid7
 from .models import EventRecord, HandlerReplay, HandlerRun, RunStatus
+
+if TYPE_CHECKING:
+    from .dispatcher import EventDispatcher
 
 
 @dataclass(frozen=True)
@@ -99,7 +101,7 @@ class Progress:
     failed: int = 0  # executed, and raised: retried later by the workers, or dead
     already_done: int = 0  # done before, skipped (not --force)
     dead: int = 0  # dead, left alone (not --force)
-    tried: int = 0  # tried since the replay started (by it before a restart, or a worker)
+    tried: int = 0  # tried since the replay started (by it, before an interruption, or a worker)
     created: int = 0  # runs the events did not have yet
 
 
