@@ -1,19 +1,20 @@
-"""The admin: a read-only view of the event log and handler failures, plus re-delivery."""
+"""The admin: a read-only view of the event log, handler failures and durable runs,
+plus re-delivery and retry."""
 
 from __future__ import annotations
 
 import contextlib
 import json
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Iterator
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, ClassVar
 from uuid import UUID
 
 from django.contrib import admin, messages
 from django.contrib.admin.utils import flatten_fieldsets
 from django.contrib.admin.views.main import ChangeList
-from django.db.models import Count, Exists, OuterRef, Q, QuerySet
+from django.db.models import Case, Count, Exists, F, OuterRef, Q, QuerySet, When
 from django.http import HttpRequest
 from django.urls import reverse
 from django.utils import timezone
@@ -25,14 +26,17 @@ from django.utils.text import Truncator
 from django.utils.translation import gettext_lazy as _
 from django.utils.translation import ngettext
 
-from . import relay
+from . import durable, relay
+from .catalog import catalog
+from .exceptions import UnknownEventTypeError, UnreadablePayloadError
 from .ids import key_text, parse_key, parse_uuid
-from .models import DeliveryStatus, EventRecord, HandlerFailure
+from .models import DeliveryStatus, EventRecord, HandlerFailure, HandlerRun, RunStatus
 
 CHAIN_LIMIT = 500
 """At most this many events of one correlation id are drawn on an event's page."""
 
 REDELIVER_BATCH = 500
+"""Rows per UPDATE when an action changes many (re-delivery, retry)."""
 
 SHORT_ID = 8
 """Hex digits of a UUID that the lists show; the full id is in the title and the search."""
@@ -65,19 +69,47 @@ def _short_id(value: object) -> str:
     return format_html('<span class="eventbus-id" title="{}">{}</span>', text, short)
 
 
-def _when(value: datetime) -> str:
+def _when(value: datetime, what: str = "") -> str:
     """A timestamp as people read it: the locale's short date, local time to the second.
 
-    The exact value (ISO 8601, to the microsecond, with its offset) is in the title.
+    The exact value (ISO 8601, to the microsecond, with its offset) is in the title,
+    after ``what`` the time is (``due``, ``finished``) when that is given.
     """
     local = timezone.localtime(value)
     return format_html(
         '<time datetime="{}" title="{}">{} {}</time>',
         value.isoformat(),
-        local.isoformat(" "),
+        f"{what} {local.isoformat(' ')}" if what else local.isoformat(" "),
         date_format(local, "SHORT_DATE_FORMAT"),
         format_date(local, "H:i:s"),
     )
+
+
+def _duration(span: timedelta) -> str:
+    """A run's duration as people read it: milliseconds, seconds, or minutes and seconds."""
+    seconds = span.total_seconds()
+    if seconds < 1:
+        return _("%(ms)d ms") % {"ms": round(seconds * 1000)}
+    if seconds < 60:
+        return _("%(s).1f s") % {"s": seconds}
+    minutes, rest = divmod(round(seconds), 60)
+    return _("%(min)d min %(s)d s") % {"min": minutes, "s": rest}
+
+
+def _traceback(text: str) -> str:
+    """A traceback folded away: one click opens it, as preformatted text."""
+    if not text:
+        return ""
+    return format_html(
+        '<details class="eventbus-traceback"><summary>{}</summary><pre>{}</pre></details>',
+        _("traceback"),
+        text,
+    )
+
+
+def _handler_name(path: str) -> str:
+    """A handler's function name, with its full dotted path in the title (and the search)."""
+    return format_html('<span title="{}">{}</span>', path, path.rpartition(".")[2])
 
 
 def _search(
@@ -156,6 +188,71 @@ class _EventChangeList(ChangeList):
         return super().get_queryset(request, exclude_parameters).defer("payload", "last_error")
 
 
+def _started(run: HandlerRun) -> str:
+    if run.started_at is None:
+        return format_html("{} {}", _("due"), _when(run.due_at))
+    return _when(run.started_at)
+
+
+def _finished(run: HandlerRun) -> str:
+    """When the last attempt ended and how long it took; nothing while one is running."""
+    if run.status == RunStatus.RUNNING or run.finished_at is None or run.started_at is None:
+        return ""
+    took = run.finished_at - run.started_at
+    if took < timedelta(0):  # ended by the sweep, which does not restart the clock
+        return _when(run.finished_at)
+    return format_html("{} ({})", _when(run.finished_at), _duration(took))
+
+
+class HandlerRunInline(admin.StackedInline):  # type: ignore[type-arg]
+    """An event's durable runs on its page: read-only, each linked to its own page.
+
+    Stacked, not tabular: a traceback needs the page's width. Django shows it to users
+    who may view handler runs (``eventbus.view_handlerrun``).
+    """
+
+    model = HandlerRun
+    fk_name = "event"
+    verbose_name = _("durable run")
+    verbose_name_plural = _("Handlers: durable runs")
+    # The heading of each run names its handler (HandlerRun.__str__).
+    fields = (("status", "attempts_of", "started", "finished"), "error")
+    readonly_fields = ("status", "attempts_of", "started", "finished", "error")
+    extra = 0
+    can_delete = False
+    show_change_link = True
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[HandlerRun]:
+        # Recorded together in subscription order, with increasing ids (UUIDv7);
+        # a run added later (eventbus_replay of a new handler) comes after them.
+        return super().get_queryset(request).order_by("created_at", "id")
+
+    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    @admin.display(description=_("attempts"))
+    def attempts_of(self, obj: HandlerRun) -> str:
+        return f"{obj.attempts}/{obj.max_attempts}"
+
+    @admin.display(description=_("started"))
+    def started(self, obj: HandlerRun) -> str:
+        return _started(obj)
+
+    @admin.display(description=_("finished (took)"))
+    def finished(self, obj: HandlerRun) -> str:
+        return _finished(obj)
+
+    @admin.display(description=_("last error"))
+    def error(self, obj: HandlerRun) -> str:
+        return format_html("{}{}", obj.last_error, _traceback(obj.traceback))
+
+
 @admin.register(EventRecord)
 class EventRecordAdmin(_ReadOnlyAdmin):
     # Few, short columns: with the admin's two sidebars, a 1280 px screen leaves the
@@ -174,6 +271,7 @@ class EventRecordAdmin(_ReadOnlyAdmin):
     show_full_result_count = False  # no COUNT(*) over the whole log on every filtered page
     show_facets = admin.ShowFacets.NEVER  # one COUNT per filter choice is too much for a log
     actions = ("redeliver_events",)
+    inlines = (HandlerRunInline,)
     fieldsets = (
         (None, {"fields": ("id", "type", "timestamp", "project_id", "actor", "payload_json")}),
         (_("Chain"), {"fields": ("correlation_id", "causation_id", "chain")}),
@@ -191,13 +289,22 @@ class EventRecordAdmin(_ReadOnlyAdmin):
             },
         ),
     )
-    readonly_fields = flatten_fieldsets(fieldsets)
+    # In-process handlers leave a row only when they raise; durable ones have a run each
+    # (the inline below this section). Two records of different kinds, so two sections.
+    failures_fieldset = (_("Handlers: in-process failures"), {"fields": ("handler_failures",)})
+    readonly_fields = (*flatten_fieldsets(fieldsets), "handler_failures")
 
     class Media:
         css: ClassVar[dict[str, tuple[str, ...]]] = {"all": ("eventbus/admin.css",)}
 
     def get_changelist(self, request: HttpRequest, **kwargs: Any) -> type[ChangeList]:
         return _EventChangeList
+
+    def get_fieldsets(self, request: HttpRequest, obj: Any = None) -> Any:
+        fieldsets = super().get_fieldsets(request, obj)
+        if request.user.has_perm("eventbus.view_handlerfailure"):
+            return [*fieldsets, self.failures_fieldset]
+        return fieldsets
 
     def get_search_results(
         self, request: HttpRequest, queryset: QuerySet[EventRecord], search_term: str
@@ -246,8 +353,32 @@ class EventRecordAdmin(_ReadOnlyAdmin):
 
     @admin.display(description=_("payload"))
     def payload_json(self, obj: EventRecord) -> SafeString:
-        text = json.dumps(obj.payload, indent=2, sort_keys=True, ensure_ascii=False)
-        return format_html("<pre>{}</pre>", text)
+        """The payload as the current catalog reads it (upcast), or why it cannot be read."""
+
+        def pretty(value: Any) -> str:
+            return json.dumps(value, indent=2, sort_keys=True, ensure_ascii=False)
+
+        try:
+            entry = catalog.resolve(obj.type)
+            payload = entry.read_payload(obj.payload, obj.payload_version)
+        except (UnknownEventTypeError, UnreadablePayloadError) as exc:
+            return format_html(
+                '<p class="errornote">{}</p><p>{}</p><pre>{}</pre>',
+                str(exc),
+                _("As stored (version %(version)s):") % {"version": obj.payload_version},
+                pretty(obj.payload),
+            )
+        shown = format_html("<pre>{}</pre>", pretty(payload.model_dump(mode="json")))
+        if obj.payload_version == entry.spec.version:
+            return shown
+        return format_html(
+            "<p>{}</p>{}<details><summary>{}</summary><pre>{}</pre></details>",
+            _("Stored as version %(stored)s, shown as version %(current)s (upcast).")
+            % {"stored": obj.payload_version, "current": entry.spec.version},
+            shown,
+            _("as stored"),
+            pretty(obj.payload),
+        )
 
     @admin.display(description=_("events with this correlation id"))
     def chain(self, obj: EventRecord) -> SafeString:
@@ -270,6 +401,32 @@ class EventRecordAdmin(_ReadOnlyAdmin):
             rows.append(obj)
         tree = mark_safe("".join(self._chain_html(rows, obj)))  # constant tags and format_html()
         return format_html("{}{}", notice, tree)
+
+    @admin.display(description=_("failures"))
+    def handler_failures(self, obj: EventRecord) -> SafeString:
+        """Each time an in-process handler raised on this event, oldest first."""
+        failures = HandlerFailure.objects.using(obj._state.db).filter(event_id=obj.pk)
+        rows = [
+            format_html(
+                '<tr><td><a href="{}">{}</a></td><td>{}</td><td>{}{}</td></tr>',
+                reverse(f"{self.admin_site.name}:eventbus_handlerfailure_change", args=[row.pk]),
+                _when(row.occurred_at),
+                _handler_name(row.handler),
+                row.error,
+                _traceback(row.traceback),
+            )
+            for row in failures.order_by("occurred_at", "pk")
+        ]
+        if not rows:
+            return format_html("<p>{}</p>", _("No in-process handler raised on this event."))
+        return format_html(
+            '<table class="eventbus-failures"><thead><tr><th>{}</th><th>{}</th><th>{}</th>'
+            "</tr></thead><tbody>{}</tbody></table>",
+            _("time"),
+            _("handler"),
+            _("error"),
+            mark_safe("".join(rows)),  # each built by format_html()
+        )
 
     def _chain_html(self, rows: list[EventRecord], current: EventRecord) -> Iterator[str]:
         # Walked with an explicit stack: deep chains must not hit the recursion limit,
@@ -392,3 +549,168 @@ class HandlerFailureAdmin(_ReadOnlyAdmin):
     @admin.display(description=_("traceback"))
     def traceback_text(self, obj: HandlerFailure) -> SafeString:
         return format_html("<pre>{}</pre>", obj.traceback)
+
+
+class _RunChangeList(ChangeList):
+    def get_queryset(
+        self, request: HttpRequest, exclude_parameters: list[str | None] | None = None
+    ) -> QuerySet[Any]:
+        # The list shows neither, and a traceback can be tens of kilobytes.
+        return super().get_queryset(request, exclude_parameters).defer("traceback", "task_id")
+
+
+# The time the list shows for a run: when it is due, when it started, when it ended.
+_RUN_TIME = Case(
+    When(status=RunStatus.PENDING, then=F("due_at")),
+    When(status=RunStatus.RUNNING, then=F("started_at")),
+    default=F("finished_at"),
+)
+
+
+@admin.register(HandlerRun)
+class HandlerRunAdmin(_ReadOnlyAdmin):
+    # As the event log's list: few, short columns for the 630 px a 1280 px screen leaves.
+    # Dead runs are the status filter's "dead" (?status__exact=dead).
+    list_display = ("handler_name", "event_link", "run_status", "time", "error_summary")
+    list_filter = ("status", "handler", "event_type")
+    search_fields = ("event_id", "handler")  # only shows the box; see get_search_results()
+    search_help_text = _("A full event id or run id, or part of a handler's dotted path.")
+    show_full_result_count = False
+    show_facets = admin.ShowFacets.NEVER
+    actions = ("retry_runs",)
+    fieldsets = (
+        (None, {"fields": ("id", "event_link", "event_type", "handler", "run_status")}),
+        (
+            _("Timing"),
+            {
+                "fields": (
+                    "created_at",
+                    "due_at",
+                    "enqueued_at",
+                    "task_id",
+                    "started_at",
+                    "finished_at",
+                    "took",
+                )
+            },
+        ),
+        (_("Last error"), {"fields": ("last_error", "traceback_text")}),
+    )
+    readonly_fields = flatten_fieldsets(fieldsets)
+
+    class Media:
+        css: ClassVar[dict[str, tuple[str, ...]]] = {"all": ("eventbus/admin.css",)}
+
+    def get_changelist(self, request: HttpRequest, **kwargs: Any) -> type[ChangeList]:
+        return _RunChangeList
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[HandlerRun]:
+        # The event is not a database constraint: pruned events are not linked to.
+        queryset: QuerySet[HandlerRun] = super().get_queryset(request)
+        logged = EventRecord.objects.filter(pk=OuterRef("event_id"))
+        return queryset.annotate(event_logged=Exists(logged))
+
+    def get_search_results(
+        self, request: HttpRequest, queryset: QuerySet[HandlerRun], search_term: str
+    ) -> tuple[QuerySet[HandlerRun], bool]:
+        """A UUID matches the event id or the run id; anything else, part of the handler path."""
+        return _search(
+            queryset, search_term, lambda uuid: Q(event_id=uuid) | Q(id=uuid), text_field="handler"
+        )
+
+    @admin.display(description=_("handler"), ordering="handler")
+    def handler_name(self, obj: HandlerRun) -> str:
+        return _handler_name(obj.handler)
+
+    @admin.display(description=_("event"), ordering="event_type")
+    def event_link(self, obj: HandlerRun) -> str:
+        """The event's type, linked to its page while it is in the log; its id in the title."""
+        if not getattr(obj, "event_logged", False):
+            return format_html(
+                '<span title="{}">{}</span> ({})', obj.event_id, obj.event_type, _("pruned")
+            )
+        url = reverse(f"{self.admin_site.name}:eventbus_eventrecord_change", args=[obj.event_id])
+        return format_html('<a href="{}" title="{}">{}</a>', url, obj.event_id, obj.event_type)
+
+    @admin.display(description=_("status"), ordering="status")
+    def run_status(self, obj: HandlerRun) -> str:
+        """The status and the attempts made of those allowed (``dead, 3/3``)."""
+        return format_html(
+            '{}, <span title="{}">{}/{}</span>',
+            obj.get_status_display(),
+            _("%(attempts)d of %(max)d attempts")
+            % {"attempts": obj.attempts, "max": obj.max_attempts},
+            obj.attempts,
+            obj.max_attempts,
+        )
+
+    @admin.display(description=_("time"), ordering=_RUN_TIME)
+    def time(self, obj: HandlerRun) -> str:
+        """When a pending run is due, a running one started, a done or dead one ended."""
+        value: datetime | None
+        if obj.status == RunStatus.PENDING:
+            value, what = obj.due_at, _("due")
+        elif obj.status == RunStatus.RUNNING:
+            value, what = obj.started_at, _("started")
+        else:
+            value, what = obj.finished_at, _("finished")
+        return "" if value is None else _when(value, str(what))
+
+    @admin.display(description=_("last error"))
+    def error_summary(self, obj: HandlerRun) -> str:
+        if not obj.last_error:
+            return ""
+        return format_html(
+            '<span title="{}">{}</span>',
+            Truncator(obj.last_error).chars(500),
+            Truncator(obj.last_error).chars(120),  # and two lines at most (admin.css)
+        )
+
+    @admin.display(description=_("took"))
+    def took(self, obj: HandlerRun) -> str:
+        return _finished(obj)
+
+    @admin.display(description=_("traceback"))
+    def traceback_text(self, obj: HandlerRun) -> SafeString:
+        return format_html("<pre>{}</pre>", obj.traceback)
+
+    @admin.action(permissions=["retry"], description=_("Retry selected dead runs"))
+    def retry_runs(self, request: HttpRequest, queryset: QuerySet[HandlerRun]) -> None:
+        """Give the selected dead runs fresh attempts (``durable.retry``); say what was not."""
+        dead: list[UUID] = []
+        others: Counter[str] = Counter()
+        for run_id, status in queryset.values_list("id", "status").iterator():
+            if status == RunStatus.DEAD:
+                dead.append(run_id)
+            else:
+                others[str(RunStatus(status).label)] += 1
+        count = sum(durable.retry(batch) for batch in _batches(dead, REDELIVER_BATCH))
+        if count:
+            self.message_user(
+                request,
+                ngettext(
+                    "%(count)d dead run will run again.",
+                    "%(count)d dead runs will run again.",
+                    count,
+                )
+                % {"count": count},
+                messages.SUCCESS,
+            )
+        if len(dead) > count:  # retried by someone else between the list and the click
+            others[str(_("no longer dead"))] += len(dead) - count
+        skipped = sum(others.values())
+        if skipped:
+            statuses = ", ".join(f"{n} {label}" for label, n in sorted(others.items()))
+            self.message_user(
+                request,
+                ngettext(
+                    "%(count)d selected run was not retried: only dead runs are (%(statuses)s).",
+                    "%(count)d selected runs were not retried: only dead runs are (%(statuses)s).",
+                    skipped,
+                )
+                % {"count": skipped, "statuses": statuses},
+                messages.WARNING,
+            )
+
+    def has_retry_permission(self, request: HttpRequest) -> bool:
+        return request.user.has_perm("eventbus.retry_handlerrun")

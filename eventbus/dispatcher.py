@@ -179,6 +179,14 @@ class EventDispatcher:
         """The durable handler called ``name`` (its dotted path) for ``event_type``, if any."""
         return next((h for h in self._durable.get(event_type, ()) if h.name == name), None)
 
+    def durable_handlers(self) -> dict[str, tuple[str, ...]]:
+        """Every durable handler's name (its dotted path), with the types it handles."""
+        types: dict[str, tuple[str, ...]] = {}
+        for event_type, handlers in self._durable.items():
+            for handler in handlers:
+                types[handler.name] = (*types.get(handler.name, ()), event_type)
+        return types
+
     def has_handlers(self, event_type: object) -> bool:
         return bool(self.handlers(event_type))
 

@@ -274,3 +274,32 @@ class HandlerRun(models.Model):
     def idempotency_key(self) -> str:
         """What a handler passes to other systems so a repeated run is recognised there."""
         return f"{self.event_id}:{self.handler}"
+
+
+class HandlerReplay(models.Model):
+    """An ``eventbus_replay`` that has not finished: what it replays, when it started, and
+    the last event it finished with. Running the same command again continues from there;
+    a replay that finishes deletes its row.
+
+    ``started_at`` is what makes a continued ``--force`` replay correct: the runs it
+    already ran again finished after it started, so the continuation leaves them alone,
+    even those of the batch it was in when it stopped. Events come in two stretches:
+    those numbered (``sequence``) up to ``numbered_up_to`` when it started, by sequence,
+    then every other one by (timestamp, id); ``last_sequence`` is the position in the
+    first, ``last_timestamp`` and ``last_event_id`` in the second.
+    """
+
+    handler = models.CharField(max_length=300)
+    # The types, the bounds and --force, as text: what makes two commands "the same".
+    selection = models.TextField()
+    started_at = models.DateTimeField()
+    numbered_up_to = models.BigIntegerField(default=0)
+    last_sequence = models.BigIntegerField(null=True, blank=True)
+    last_timestamp = models.DateTimeField(null=True, blank=True)
+    last_event_id = models.UUIDField(null=True, blank=True)
+
+    class Meta:
+        verbose_name = _("handler replay")
+
+    def __str__(self) -> str:
+        return f"{self.handler} ({self.selection}) since {self.started_at:%Y-%m-%d %H:%M:%S}"

@@ -1,4 +1,5 @@
-"""The admin, through HTTP: a read-only event log with its chains, re-delivery and failures."""
+"""The admin, through HTTP: a read-only event log with its chains, re-delivery, failures,
+and durable runs with their retry."""
 
 from __future__ import annotations
 
@@ -16,9 +17,11 @@ from django.db import connection
 from django.test import Client
 from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
+from django_tasks_db.models import DBTaskResult
 
 from eventbus import admin as eventbus_admin
-from eventbus.models import DeliveryStatus, EventRecord, HandlerFailure
+from eventbus.ids import uuid7
+from eventbus.models import DeliveryStatus, EventRecord, HandlerFailure, HandlerRun, RunStatus
 
 if TYPE_CHECKING:
     from playwright.sync_api import Page
@@ -542,16 +545,355 @@ def test_handler_failures_search_and_filter(admin_client):
     assert found(event_type="order.placed") == {mine.pk, theirs.pk}
 
 
+# -- durable runs ------------------------------------------------------------------------
+
+RUNS = "admin:eventbus_handlerrun_changelist"
+RECORD = "tests.testapp.handlers.record_payment"
+NOTIFY = "tests.testapp.handlers.notify_payment"
+AUDIT = "tests.testapp.handlers.audit_payment"
+TRACE = 'Traceback (most recent call last):\n  File "h.py", line 3, in <module>\nRuntimeError: <b>'
+
+
+def payment(**fields: Any) -> EventRecord:
+    return make(type="payment.received", payload={"payment_id": 1}, **fields)
+
+
+def handler_run(event: EventRecord, handler: str, **fields: Any) -> HandlerRun:
+    values: dict[str, Any] = {
+        "id": uuid7(),
+        "event": event,
+        "event_type": event.type,
+        "handler": handler,
+        "max_attempts": 5,
+        "created_at": T0,
+        "due_at": T0,
+    }
+    values.update(fields)
+    return HandlerRun.objects.create(**values)
+
+
+def done(event: EventRecord, handler: str = RECORD, **fields: Any) -> HandlerRun:
+    values = {
+        "status": RunStatus.DONE,
+        "attempts": 1,
+        "started_at": T0 + timedelta(seconds=1),
+        "finished_at": T0 + timedelta(seconds=2, milliseconds=500),
+    }
+    return handler_run(event, handler, **{**values, **fields})
+
+
+def dead(event: EventRecord, handler: str = NOTIFY, **fields: Any) -> HandlerRun:
+    values = {
+        "status": RunStatus.DEAD,
+        "attempts": 3,
+        "max_attempts": 3,
+        "started_at": T0 + timedelta(seconds=40),
+        "finished_at": T0 + timedelta(seconds=40, milliseconds=12),
+        "last_error": "RuntimeError: notify failed on attempt 3",
+        "traceback": TRACE,
+    }
+    return handler_run(event, handler, **{**values, **fields})
+
+
+def run_url(run: HandlerRun) -> str:
+    return reverse("admin:eventbus_handlerrun_change", args=[run.pk])
+
+
+def runs_listed(client, **params: str) -> set[UUID]:
+    response = client.get(reverse(RUNS), params)
+    assert response.status_code == 200
+    return {row.pk for row in response.context["cl"].result_list}
+
+
+def section(content: str, heading: str) -> str:
+    """The part of an event's page from ``heading`` to the end of its fieldset."""
+    assert heading in content, f"no {heading!r} section"
+    return content.split(heading, 1)[1].split("</fieldset>\n</div>", 1)[0]
+
+
+def readonly_values(html: str) -> dict[str, str]:
+    """Each read-only field's value in ``html``, by its label."""
+    return dict(
+        re.findall(r'<label[^>]*>([^<]*):</label>\s*<div class="readonly">(.*?)</div>', html, re.S)
+    )
+
+
+def test_event_page_lists_its_runs_with_status_attempts_timings_and_traceback(admin_client):
+    event = payment()
+    record, notify = done(event), dead(event)
+    audit = handler_run(event, AUDIT)  # pending, never started
+    other = dead(payment())
+
+    content = admin_client.get(change_url(event)).content.decode()
+
+    runs = section(content, "Handlers: durable runs")
+    blocks = runs.split('<div class="inline-related has_original"')[1:]
+    headings = [re.search(r"<h3>(.*?)</h3>", block, re.S)[1] for block in blocks]
+    assert [h.split("</b> ")[1].split(" on ")[0].split(">")[-1] for h in headings] == [
+        RECORD,
+        NOTIFY,
+        AUDIT,
+    ]  # in the order they were recorded: subscription order
+    for run, heading in zip((record, notify, audit), headings, strict=True):
+        assert run_url(run) in heading  # each run's own page
+    assert run_url(other) not in runs
+    fields = [readonly_values(block) for block in blocks]
+    assert [f["Status"] for f in fields] == ["done", "dead", "pending"]
+    assert [f["Attempts"] for f in fields] == ["1/5", "3/3", "0/5"]
+    text = [{k: re.sub(r"<[^>]+>", "", v) for k, v in f.items()} for f in fields]
+    assert text[0]["Started"] == "03/05/2024 12:00:01"
+    assert text[0]["Finished (took)"] == "03/05/2024 12:00:02 (1.5 s)"
+    assert text[1]["Finished (took)"].endswith("12:00:40 (12 ms)")
+    assert text[2]["Started"] == "due 03/05/2024 12:00:00" and text[2]["Finished (took)"] == ""
+    assert fields[0]["Last error"] == fields[2]["Last error"] == ""
+    # The error, then its traceback folded away, escaped, as preformatted text.
+    assert fields[1]["Last error"] == (
+        "RuntimeError: notify failed on attempt 3"
+        '<details class="eventbus-traceback"><summary>traceback</summary><pre>'
+        "Traceback (most recent call last):\n"
+        "  File &quot;h.py&quot;, line 3, in &lt;module&gt;\nRuntimeError: &lt;b&gt;</pre></details>"
+    )
+    assert 'name="_save"' not in content
+    assert 'name="handler_runs-MAX_NUM_FORMS" value="0"' in content  # no run to add
+
+
+def test_event_page_shows_in_process_failures_above_the_runs(admin_client):
+    event, quiet = payment(), payment()
+    dead(event)
+    first = failure(event.pk, handler="shop.handlers.notify", occurred_at=T0, traceback=TRACE)
+    failure(event.pk, handler="shop.handlers.mail", error="OSError: smtp down")
+
+    content = admin_client.get(change_url(event)).content.decode()
+
+    failures = section(content, "Handlers: in-process failures")
+    assert content.index("Handlers: in-process failures") < content.index("Handlers: durable runs")
+    assert '<span title="shop.handlers.notify">notify</span>' in failures
+    assert "ValueError: boom" in failures and "OSError: smtp down" in failures
+    assert "in &lt;module&gt;" in failures and "<pre>" in failures
+    assert reverse("admin:eventbus_handlerfailure_change", args=[first.pk]) in failures
+    quiet_page = admin_client.get(change_url(quiet)).content.decode()
+    assert "No in-process handler raised on this event." in section(
+        quiet_page, "Handlers: in-process failures"
+    )
+
+
+def test_a_viewer_sees_the_handler_sections_only_with_their_view_permissions(client, viewer):
+    event = payment()
+    dead(event)
+    failure(event.pk)
+
+    content = client.get(change_url(event)).content.decode()
+
+    assert "Handlers: durable runs" not in content
+    assert "Handlers: in-process failures" not in content
+    for codename in ("view_handlerrun", "view_handlerfailure"):
+        viewer.user_permissions.add(Permission.objects.get(codename=codename))
+    content = client.get(change_url(event)).content.decode()
+    assert "RuntimeError: notify failed" in section(content, "Handlers: durable runs")
+    assert "ValueError: boom" in section(content, "Handlers: in-process failures")
+
+
+def test_runs_list_shows_short_columns_and_links_each_run_to_its_event(admin_client):
+    event = payment()
+    gone = uuid4()  # a run outlives its pruned event
+    failed = dead(event)
+    handler_run(event, AUDIT, due_at=T0 + timedelta(minutes=5))
+    HandlerRun.objects.create(
+        id=uuid7(),
+        event_id=gone,
+        event_type="payment.received",
+        handler=RECORD,
+        status=RunStatus.DEAD,
+        attempts=5,
+        max_attempts=5,
+        created_at=T0,
+        due_at=T0,
+        last_error="Event is no longer in the event log (pruned?): nothing to run on. " * 3,
+    )
+
+    content = admin_client.get(reverse(RUNS)).content.decode()
+
+    assert (
+        f'<a href="{run_url(failed)}"><span title="{NOTIFY}">notify_payment</span></a>' in content
+    )
+    assert f'<a href="{change_url(event)}" title="{event.pk}">payment.received</a>' in content
+    assert f'<span title="{gone}">payment.received</span> (pruned)' in content
+    assert reverse("admin:eventbus_eventrecord_change", args=[gone]) not in content
+    assert 'dead, <span title="3 of 3 attempts">3/3</span>' in content
+    assert 'pending, <span title="0 of 5 attempts">0/5</span>' in content
+    assert 'title="finished 2024-03-05 12:00:40.012000+00:00">03/05/2024 12:00:40<' in content
+    assert 'title="due 2024-03-05 12:05:00+00:00">03/05/2024 12:05:00<' in content
+    summaries = re.findall(r'<td class="field-error_summary">(.*?)</td>', content)
+    assert summaries.count("-") == 1  # the pending run has no error
+    assert any(re.sub(r"<[^>]+>", "", s).endswith("…") for s in summaries)  # cut at 120
+    assert "Traceback" not in content
+
+
+@pytest.mark.parametrize(
+    ("param", "value", "wanted"),
+    [
+        ("status__exact", "dead", "notify"),  # the dead runs
+        ("status__exact", "pending", "audit"),
+        ("handler", RECORD, "record"),
+        ("event_type", "order.placed", "ship"),
+    ],
+)
+def test_each_runs_filter_narrows_the_list(admin_client, param, value, wanted):
+    event = payment()
+    runs = {
+        "notify": dead(event),
+        "audit": handler_run(event, AUDIT),
+        "record": done(event),
+        "ship": done(make(), "shop.handlers.ship"),
+    }
+
+    assert runs_listed(admin_client) == {run.pk for run in runs.values()}
+    assert runs_listed(admin_client, **{param: value}) == {runs[wanted].pk}
+
+
+def test_the_dead_filter_is_a_link_in_the_sidebar(admin_client):
+    dead(payment())
+
+    content = admin_client.get(reverse(RUNS)).content.decode()
+
+    by_status = content.split("By status")[1].split("</ul>")[0]
+    assert '<a href="?status__exact=dead">dead</a>' in by_status
+
+
+def test_runs_search_by_event_id_run_id_or_handler(admin_client):
+    event, other = payment(), payment()
+    notify, audit = dead(event), handler_run(other, AUDIT)
+
+    assert runs_listed(admin_client, q=str(event.pk)) == {notify.pk}
+    assert runs_listed(admin_client, q=str(audit.pk).upper()) == {audit.pk}
+    assert runs_listed(admin_client, q="AUDIT_pay") == {audit.pk}
+    assert runs_listed(admin_client, q="handlers") == {notify.pk, audit.pk}
+    assert runs_listed(admin_client, q=str(uuid4())) == set()
+
+
+def test_runs_can_be_neither_added_changed_nor_deleted(admin_client):
+    run = dead(payment())
+    add = reverse("admin:eventbus_handlerrun_add")
+    delete = reverse("admin:eventbus_handlerrun_delete", args=[run.pk])
+
+    changelist = admin_client.get(reverse(RUNS)).content.decode()
+    detail = admin_client.get(run_url(run)).content.decode()
+
+    assert add not in changelist and 'value="delete_selected"' not in changelist
+    assert 'name="_save"' not in detail and delete not in detail
+    assert "<pre>Traceback (most recent call last):" in detail
+    assert "in &lt;module&gt;" in detail
+    assert admin_client.get(add).status_code == 403
+    assert admin_client.post(run_url(run), {"status": "done"}).status_code == 403
+    assert admin_client.post(delete, {"post": "yes"}).status_code == 403
+    assert HandlerRun.objects.get().status == RunStatus.DEAD
+
+
+def test_runs_list_queries_do_not_grow_with_rows(admin_client):
+    dead(payment())
+    admin_client.get(reverse(RUNS))
+    with CaptureQueriesContext(connection) as few:
+        admin_client.get(reverse(RUNS))
+    for _ in range(5):
+        event = payment()
+        dead(event), done(event)
+
+    with CaptureQueriesContext(connection) as many:
+        admin_client.get(reverse(RUNS))
+
+    assert len(many) == len(few)
+
+
+# -- retrying dead runs --------------------------------------------------------------
+
+
+def run_retry(client, *runs: HandlerRun):
+    return client.post(
+        reverse(RUNS),
+        {"action": "retry_runs", "index": "0", "_selected_action": [str(r.pk) for r in runs]},
+        follow=True,
+    )
+
+
+@pytest.fixture
+def run_viewer(client, django_user_model):
+    """A logged-in staff user who may view handler runs, and retry nothing."""
+    user = django_user_model.objects.create_user("run-viewer", is_staff=True)
+    user.user_permissions.add(Permission.objects.get(codename="view_handlerrun"))
+    client.force_login(user)
+    return user
+
+
+def test_retry_gives_dead_runs_fresh_attempts_and_says_which_were_not_retried(admin_client):
+    event = payment()
+    notify, record, audit = dead(event), done(event), handler_run(event, AUDIT)
+    untouched = dead(payment())
+
+    assert 'value="retry_runs"' in admin_client.get(reverse(RUNS)).content.decode()
+    response = run_retry(admin_client, notify, record, audit)
+
+    content = response.content.decode()
+    assert "1 dead run will run again." in content
+    assert "2 selected runs were not retried: only dead runs are (1 done, 1 pending)." in content
+    notify.refresh_from_db()
+    assert (notify.status, notify.attempts) == (RunStatus.PENDING, 0)
+    assert DBTaskResult.objects.filter(id=notify.task_id).exists()  # enqueued
+    for run, status in ((record, RunStatus.DONE), (audit, RunStatus.PENDING)):
+        run.refresh_from_db()
+        assert run.status == status and not run.task_id
+    untouched.refresh_from_db()
+    assert untouched.status == RunStatus.DEAD
+
+
+def test_retry_of_no_dead_run_retries_nothing_and_says_so(admin_client):
+    record = done(payment())
+
+    content = run_retry(admin_client, record).content.decode()
+
+    assert "will run again" not in content
+    assert "1 selected run was not retried: only dead runs are (1 done)." in content
+    assert not DBTaskResult.objects.exists()
+
+
+def test_staff_with_the_retry_permission_may_retry(client, run_viewer):
+    run_viewer.user_permissions.add(Permission.objects.get(codename="retry_handlerrun"))
+    notify = dead(payment())
+
+    assert 'value="retry_runs"' in client.get(reverse(RUNS)).content.decode()
+    assert "1 dead run will run again." in run_retry(client, notify).content.decode()
+    notify.refresh_from_db()
+    assert notify.status == RunStatus.PENDING
+
+
+def test_staff_without_the_retry_permission_neither_see_nor_run_it(client, run_viewer):
+    notify = dead(payment())
+
+    page = client.get(reverse(RUNS))
+    assert page.status_code == 200 and notify.pk in {r.pk for r in page.context["cl"].result_list}
+    assert 'value="retry_runs"' not in page.content.decode()
+    response = run_retry(client, notify)
+
+    assert response.status_code == 200
+    assert "will run again" not in response.content.decode()
+    notify.refresh_from_db()
+    assert (notify.status, notify.attempts) == (RunStatus.DEAD, 3)
+    assert not DBTaskResult.objects.exists()
+
+
 # -- in the browser --------------------------------------------------------------------
 
 SCREENSHOT_DIR = Path(__file__).resolve().parent.parent / "test-results"  # gitignored
 
-# For each cell of the list: its text, how many lines it takes, and whether it is clipped.
+# For each cell of the list: its text, how many lines it shows, and whether it is clipped.
+# Lines below the cell's bottom are hidden (a clamped error): they are not counted.
 MEASURE_CELLS = """
 () => [...document.querySelectorAll("#result_list tbody td, #result_list tbody th")].map(cell => {
   const range = document.createRange();
   range.selectNodeContents(cell);
-  const tops = [...range.getClientRects()].filter(r => r.width > 0).map(r => r.top);
+  const bottom = cell.getBoundingClientRect().bottom;
+  const tops = [...range.getClientRects()]
+    .filter(r => r.width > 0 && r.bottom <= bottom + 1)
+    .map(r => r.top);
   const lines = tops.sort((a, b) => a - b).filter((top, i, all) => i === 0 || top - all[i - 1] > 4);
   return {
     column: cell.className,
@@ -588,36 +930,51 @@ def demo_like_log() -> None:
         )
 
 
+def open_at_1280(
+    user: Any, page: Page, asgi_server_factory: AsgiServerFactory, url: str, screenshot: str
+) -> None:
+    """Open an admin page as ``user`` in a 1280 x 800 window, and save its screenshot."""
+    server = asgi_server_factory(
+        env={"EVENTBUS_TEST_DB_NAME": str(connection.settings_dict["NAME"])}
+    )
+    client = Client()
+    client.force_login(user)
+    cookie = settings.SESSION_COOKIE_NAME
+    page.context.add_cookies(
+        [{"name": cookie, "value": client.cookies[cookie].value, "url": server.url}]
+    )
+    page.set_viewport_size({"width": 1280, "height": 800})
+    page.goto(f"{server.url}{url}")
+    page.locator("#content").wait_for()
+    SCREENSHOT_DIR.mkdir(exist_ok=True)
+    page.screenshot(path=SCREENSHOT_DIR / screenshot, full_page=True)
+
+
+def assert_no_overflow(page: Page) -> None:
+    """Nothing wider than the window, and the list (if any) within its box."""
+    assert page.evaluate(
+        "document.documentElement.scrollWidth <= document.documentElement.clientWidth"
+    )
+    table = page.evaluate(
+        "() => { const t = document.querySelector('#result_list');"
+        " return t && [t.getBoundingClientRect().width, t.parentElement.clientWidth]; }"
+    )
+    if table:
+        assert table[0] <= table[1], f"the table is {table[0]} px wide in {table[1]} px"
+
+
 @pytest.mark.browser
 @pytest.mark.django_db(transaction=True)
 def test_the_list_fits_a_1280_px_screen(
     admin_user: Any, chromium_page: Page, asgi_server_factory: AsgiServerFactory
 ) -> None:
     demo_like_log()
-    server = asgi_server_factory(
-        env={"EVENTBUS_TEST_DB_NAME": str(connection.settings_dict["NAME"])}
-    )
-    client = Client()
-    client.force_login(admin_user)
-    cookie = settings.SESSION_COOKIE_NAME
     page = chromium_page
-    page.context.add_cookies(
-        [{"name": cookie, "value": client.cookies[cookie].value, "url": server.url}]
+    open_at_1280(
+        admin_user, page, asgi_server_factory, reverse(CHANGELIST), "admin-event-log-1280.png"
     )
-    page.set_viewport_size({"width": 1280, "height": 800})
-    page.goto(f"{server.url}{reverse(CHANGELIST)}")
-    page.locator("#result_list").wait_for()
-    SCREENSHOT_DIR.mkdir(exist_ok=True)
-    page.screenshot(path=SCREENSHOT_DIR / "admin-event-log-1280.png")
 
-    assert page.evaluate(
-        "document.documentElement.scrollWidth <= document.documentElement.clientWidth"
-    )
-    table = page.evaluate(
-        "() => { const t = document.querySelector('#result_list');"
-        " return [t.getBoundingClientRect().width, t.parentElement.clientWidth]; }"
-    )
-    assert table[0] <= table[1], f"the table is {table[0]} px wide in {table[1]} px"
+    assert_no_overflow(page)
     cells = page.evaluate(MEASURE_CELLS)
     assert len(cells) >= 24 * 5
     assert [c for c in cells if c["lines"] > 2 or c["clipped"]] == []
@@ -626,3 +983,39 @@ def test_the_list_fits_a_1280_px_screen(
     ]
     assert len(times) == 24
     assert all(re.search(r"\b\d\d:\d\d:\d\d$", text) for text in times), times[:3]
+
+
+def busy_runs() -> EventRecord:
+    """Runs of every status, with long handler paths and errors; the last event's."""
+    statuses = [RunStatus.DONE, RunStatus.DEAD, RunStatus.PENDING, RunStatus.RUNNING]
+    handlers = [RECORD, NOTIFY, AUDIT, "billing.projections.handlers.rebuild_invoice_totals"]
+    for n in range(12):
+        event = payment(timestamp=T0 + timedelta(seconds=n))
+        for handler, status in zip(handlers, statuses[n % 4 :] + statuses[: n % 4], strict=True):
+            if status == RunStatus.DEAD:
+                dead(event, handler, traceback=TRACE * 40 + "x" * 400)
+            elif status == RunStatus.DONE:
+                done(event, handler)
+            else:
+                handler_run(event, handler, status=status, attempts=1, started_at=T0, last_error="")
+    return event
+
+
+@pytest.mark.browser
+@pytest.mark.django_db(transaction=True)
+def test_the_runs_list_and_an_events_runs_fit_a_1280_px_screen(
+    admin_user: Any, chromium_page: Page, asgi_server_factory: AsgiServerFactory
+) -> None:
+    event = busy_runs()
+    page = chromium_page
+    open_at_1280(admin_user, page, asgi_server_factory, reverse(RUNS), "admin-runs-1280.png")
+
+    assert_no_overflow(page)
+    cells = page.evaluate(MEASURE_CELLS)
+    assert len(cells) >= 48 * 5
+    assert [c for c in cells if c["lines"] > 2 or c["clipped"]] == []
+
+    page.goto(page.url.split("/admin/")[0] + change_url(event))
+    page.locator(".eventbus-traceback summary").first.click()  # the longest traceback, open
+    page.screenshot(path=SCREENSHOT_DIR / "admin-event-runs-1280.png", full_page=True)
+    assert_no_overflow(page)

@@ -341,3 +341,21 @@ def test_run_durable_handlers_runs_what_is_pending_once(django_capture_on_commit
     assert run_durable_handlers() == 1
     assert run_of(second, "notify").status == RunStatus.DEAD
     assert run_durable_handlers() == 0
+
+def count_any(event: Event[Any]) -> None:
+    """A durable handler of two types (at module level, as a durable one must be)."""
+
+
+def test_durable_handlers_names_each_with_the_types_it_handles():
+    from eventbus import get_event_dispatcher
+
+    assert get_event_dispatcher().durable_handlers() == {
+        name: ("payment.received",) for name in HANDLERS.values()
+    }
+    dispatcher = EventDispatcher()
+    dispatcher.subscribe(ShopEvent.PAYMENT_RECEIVED, count_any, durable=True)
+    dispatcher.subscribe(ShopEvent.PAYMENT_SETTLED, count_any, durable=True)
+    dispatcher.subscribe(ShopEvent.PAYMENT_SETTLED, lambda event: None)  # in-process
+    assert dispatcher.durable_handlers() == {
+        "tests.test_durable.count_any": ("payment.received", "payment.settled")
+    }

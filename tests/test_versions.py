@@ -243,3 +243,22 @@ def test_verify_log_refuses_bad_arguments(v1):
 def test_verify_log_on_an_empty_log_passes():
     code, out, _ = verify()
     assert code == 0 and out.startswith("0 row(s)")
+
+
+def test_the_admin_shows_the_upcast_payload_and_an_unreadable_rows_reason(v1, admin_client):
+    event = sign_up(uuid4())
+    bad = sign_up(uuid4(), amount="twelve")
+    move_to(V3)
+    page = admin_client.get(f"/admin/eventbus/eventrecord/{event.id}/change/")
+    assert page.status_code == 200
+    text = page.content.decode()
+    assert "Stored as version 1, shown as version 3 (upcast)." in text
+    assert (
+        "&quot;amount_cents&quot;: 1250" in text
+        and "&quot;last_name&quot;: &quot;Lovelace&quot;" in text
+    )
+    page = admin_client.get(f"/admin/eventbus/eventrecord/{bad.id}/change/")
+    assert page.status_code == 200
+    text = page.content.decode()
+    assert "the upcaster from version 2 to 3 raised ValueError" in text
+    assert "&quot;amount&quot;: &quot;twelve&quot;" in text  # the stored payload, as it is
