@@ -73,6 +73,11 @@ class InvalidChannelError(EventBusError, ValueError):
     """A channel name that Channels groups cannot hold."""
 
 
+class InvalidCloudEventError(EventBusError, ValueError):
+    """A CloudEvent that is not one of eventbus's events: a required attribute missing,
+    another ``specversion``, data that is not JSON (``eventbus.export.from_cloudevent``)."""
+
+
 class StreamReset(EventBusError):
     """A channel's stream skipped events the log could not give back.
 

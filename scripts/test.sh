@@ -6,7 +6,8 @@
 # postgres on PostgreSQL (127.0.0.1:5432 unless EVENTBUS_PG_HOST/PORT/USER say otherwise, as
 # in tests/settings.py); then, once, the built wheel installed as users get it
 # (tests/install), ruff and mypy. Pytest args go to every pytest run.
-# It installs redis-server and chromium with apt-get when they are missing.
+# It installs redis-server, chromium and node with apt-get when they are missing, and the
+# npm tools of tests/js (tsc, the AsyncAPI parser) with `npm ci` when its lockfile changed.
 #
 # Off CI, a missing interpreter, package or PostgreSQL is reported and skipped. With CI=true
 # each of them is a failure: a skip there would hide a broken machine.
@@ -46,6 +47,7 @@ install_system_packages() {
     local packages=() sudo=()
     command -v redis-server >/dev/null || packages+=(redis-server)
     [[ -x $EVENTBUS_CHROMIUM ]] || packages+=(chromium)
+    command -v node >/dev/null || packages+=(nodejs npm)
     if ((${#packages[@]} == 0)); then return 0; fi
     if ((EUID != 0)); then
         if ! command -v sudo >/dev/null; then
@@ -60,6 +62,28 @@ install_system_packages() {
     local apt=("${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get -qq -o DPkg::Lock::Timeout=300)
     if ! { "${apt[@]}" update && "${apt[@]}" install -y "${packages[@]}"; }; then
         missing "apt-get could not install ${packages[*]}" "the tests that need them skip"
+    fi
+}
+
+# tests/js's packages (tests/test_export.py runs them), installed with `npm ci` only when
+# the stamp differs: a hash of node's version, package.json and package-lock.json.
+ensure_node_tools() {
+    local dir=tests/js
+    local stamp=$dir/node_modules/.installed
+    local want have=""
+    if ! command -v node >/dev/null || ! command -v npm >/dev/null; then
+        missing "node or npm not installed" "the export tests that run tsc and the AsyncAPI parser skip"
+        return 0
+    fi
+    want=$({ node --version && cat "$dir/package.json" "$dir/package-lock.json"; } | sha256sum)
+    [[ -f $stamp ]] && have=$(<"$stamp")
+    if [[ $want == "$have" ]]; then return 0; fi
+    echo "==> npm ci in $dir"
+    # No install scripts: these packages need none (one of them only phones home).
+    if (cd "$dir" && npm ci --ignore-scripts --no-audit --no-fund --loglevel=error); then
+        printf '%s\n' "$want" >"$stamp"
+    else
+        missing "npm ci failed in $dir" "the export tests that run tsc and the AsyncAPI parser skip"
     fi
 }
 
@@ -136,6 +160,7 @@ run_pytest() {  # run_pytest sqlite|postgres|demo LABEL PYTHON [pytest args...]
 }
 
 install_system_packages
+ensure_node_tools
 
 postgres=unknown   # checked once, with the first virtualenv that gets ready
 lint_python=""     # the newest virtualenv's python, for ruff and mypy

@@ -27,6 +27,10 @@
  * where a channel stands, to store and pass back as `{position, epoch}` on a later page. A ping every `pingInterval` ms keeps the
  * connection alive, and one that stays silent for a whole interval is replaced.
  * Close code 4401 (signed out) stops the client until connect() is called again.
+ *
+ * TypeScript types are in eventbus.d.ts beside this file: `new EventBusClient<EventPayloads>()`
+ * with the catalog's types (`manage.py eventbus_catalog --format typescript`) narrows each
+ * event's payload by its type.
  */
 
 const SIGNED_OUT = 4401;
