@@ -14,9 +14,12 @@ from uuid import UUID
 from django.contrib import admin, messages
 from django.contrib.admin.utils import flatten_fieldsets
 from django.contrib.admin.views.main import ChangeList
+from django.core.exceptions import PermissionDenied
+from django.db import router
 from django.db.models import Case, Count, Exists, F, OuterRef, Q, QuerySet, When
 from django.http import HttpRequest
-from django.urls import reverse
+from django.template.response import TemplateResponse
+from django.urls import URLPattern, path, reverse
 from django.utils import timezone
 from django.utils.dateformat import format as format_date
 from django.utils.formats import date_format
@@ -296,6 +299,67 @@ class EventRecordAdmin(_ReadOnlyAdmin):
 
     class Media:
         css: ClassVar[dict[str, tuple[str, ...]]] = {"all": ("eventbus/admin.css",)}
+
+    def get_urls(self) -> list[URLPattern]:
+        catalog_view = self.admin_site.admin_view(self.catalog_view)
+        return [
+            path("catalog/", catalog_view, name="eventbus_eventrecord_catalog"),
+            *super().get_urls(),
+        ]
+
+    def catalog_view(self, request: HttpRequest) -> TemplateResponse:
+        """Every event type: version, model, flags, handlers, count in the log, schema, example."""
+        if not self.has_view_permission(request):
+            raise PermissionDenied
+        from .dispatcher import get_event_dispatcher
+        from .export import payload_schema
+        from .wire import public_json
+
+        records = EventRecord.objects.using(router.db_for_read(EventRecord))
+        counts = dict(records.values_list("type").annotate(n=Count("id")).order_by())
+        rows = []
+        for entry in sorted(catalog, key=lambda e: e.name):
+            spec = entry.spec
+            example, no_example = "", str(_("No event of this type in the log yet."))
+            newest = records.filter(type=entry.name).order_by("-timestamp").first()
+            if newest is not None:
+                try:
+                    event = newest.to_event()
+                    example = json.dumps(
+                        json.loads(public_json(event, entry))["payload"],
+                        indent=2,
+                        ensure_ascii=False,
+                    )
+                except Exception as exc:  # an unreadable row: say so, as its page does
+                    no_example = f"{type(exc).__name__}: {exc}"
+            flags = [str(_("logged")) if spec.log else str(_("not logged"))]
+            flags.append(str(_("broadcast")) if spec.broadcast else str(_("not broadcast")))
+            if spec.private_fields:
+                flags.append(_("private: %s") % ", ".join(sorted(spec.private_fields)))
+            rows.append(
+                {
+                    "name": entry.name,
+                    "version": spec.version,
+                    "model": spec.payload.__name__,
+                    "model_path": f"{spec.payload.__module__}.{spec.payload.__qualname__}",
+                    "count": counts.get(entry.name, 0),
+                    "flags": "; ".join(flags),
+                    "handlers": [
+                        {"name": h.name, "short": h.name.rsplit(".", 1)[-1], "durable": h.durable}
+                        for h in get_event_dispatcher().handlers(entry.member)
+                    ],
+                    "schema": json.dumps(payload_schema(entry.member), indent=2),
+                    "example": example,
+                    "no_example": no_example,
+                }
+            )
+        context = {
+            **self.admin_site.each_context(request),
+            "opts": self.model._meta,
+            "title": _("Event catalog"),
+            "rows": rows,
+        }
+        return TemplateResponse(request, "admin/eventbus/catalog.html", context)
 
     def get_changelist(self, request: HttpRequest, **kwargs: Any) -> type[ChangeList]:
         return _EventChangeList

@@ -3,6 +3,7 @@ and durable runs with their retry."""
 
 from __future__ import annotations
 
+import json
 import re
 from datetime import UTC, datetime, timedelta
 from html.parser import HTMLParser
@@ -1019,3 +1020,42 @@ def test_the_runs_list_and_an_events_runs_fit_a_1280_px_screen(
     page.locator(".eventbus-traceback summary").first.click()  # the longest traceback, open
     page.screenshot(path=SCREENSHOT_DIR / "admin-event-runs-1280.png", full_page=True)
     assert_no_overflow(page)
+
+
+def test_the_catalog_page_lists_each_type_with_version_count_schema_and_example(
+    admin_client, django_capture_on_commit_callbacks
+):
+    from eventbus import publish
+    from tests.testapp.events import ShopEvent
+
+    for n in range(3):
+        publish(ShopEvent.ORDER_PLACED, {"order_id": n, "title": f"order {n}"})
+    publish(
+        ShopEvent.NOTE_ADDED,
+        {"note_id": uuid4(), "text": "hello", "author_email": "secret@example.com"},
+    )
+    listing = admin_client.get("/admin/eventbus/eventrecord/")
+    assert b'href="/admin/eventbus/eventrecord/catalog/"' in listing.content
+    page = admin_client.get("/admin/eventbus/eventrecord/catalog/")
+    assert page.status_code == 200
+    rows = {row["name"]: row for row in page.context["rows"]}
+    assert set(rows) >= {"order.placed", "note.added", "payment.received", "metric.sampled"}
+    placed = rows["order.placed"]
+    assert (placed["count"], placed["version"], placed["model"]) == (3, 1, "OrderPlaced")
+    assert json.loads(placed["example"]) == {"order_id": 2, "title": "order 2", "quantity": 1}
+    assert json.loads(placed["schema"])["properties"]["order_id"]["type"] == "integer"
+    assert "tests.testapp.handlers.remember_order" in [h["name"] for h in placed["handlers"]]
+    note = rows["note.added"]
+    # Private fields are in neither the schema nor the example.
+    assert "author_email" not in note["schema"] and "secret@" not in note["example"]
+    assert "private: author_email" in note["flags"]
+    payments = rows["payment.received"]
+    assert [h["durable"] for h in payments["handlers"]] == [True, True, True]
+    assert payments["count"] == 0 and payments["example"] == ""
+    assert b"No event of this type in the log yet." in page.content
+
+
+def test_the_catalog_page_needs_the_view_permission(client, django_user_model):
+    staff = django_user_model.objects.create_user("staff", password="x", is_staff=True)
+    client.force_login(staff)
+    assert client.get("/admin/eventbus/eventrecord/catalog/").status_code == 403
