@@ -148,14 +148,22 @@ _ALL_FIELDS = frozenset(Event.model_fields)
 
 
 def _fill_defaults(fields: dict[str, Any]) -> dict[str, Any]:
-    """A new id, now, and the chain of the event being handled, where not given."""
-    if fields.get("id") is None:
+    """A new id, now, and the chain of the event being handled, where not given.
+
+    Only a new event (one without an id) joins the handled event's chain: an event
+    rebuilt from JSON or a row keeps the causation it had, none included.
+    """
+    new = fields.get("id") is None
+    if new:
         fields["id"] = uuid7()
     if fields.get("timestamp") is None:
         fields["timestamp"] = datetime.now(UTC)
-    fields["correlation_id"], fields["causation_id"] = _chain(
-        fields["id"], fields.get("correlation_id"), fields.get("causation_id")
-    )
+    if new:
+        fields["correlation_id"], fields["causation_id"] = _chain(
+            fields["id"], fields.get("correlation_id"), fields.get("causation_id")
+        )
+    elif fields.get("correlation_id") is None:
+        fields["correlation_id"] = fields["id"]
     return fields
 
 

@@ -92,3 +92,24 @@ def test_event_is_frozen():
     event = Event(type=ShopEvent.ORDER_PLACED, payload={"order_id": 1, "title": "a"})
     with pytest.raises(ValidationError):
         event.project_id = uuid4()
+
+
+def test_an_event_rebuilt_inside_a_handler_keeps_its_own_chain():
+    """Parsing a stored or received event is not publishing one: it does not join the
+    chain of the event being handled (a null causation stays null)."""
+    from eventbus.envelope import _current_event
+    from eventbus.wire import parse_event, public_json
+
+    handled = Event(type=ShopEvent.ORDER_DELETED, payload={"order_id": 1})
+    received = Event(type=ShopEvent.ORDER_DELETED, payload={"order_id": 2})
+    assert received.causation_id is None
+    token = _current_event.set(handled)
+    try:
+        rebuilt = parse_event(public_json(received))
+        new = Event(type=ShopEvent.ORDER_DELETED, payload={"order_id": 3})
+    finally:
+        _current_event.reset(token)
+    assert rebuilt == received and rebuilt.causation_id is None
+    assert rebuilt.correlation_id == received.correlation_id
+    # A new event made while handling still joins the chain.
+    assert (new.causation_id, new.correlation_id) == (handled.id, handled.correlation_id)
