@@ -50,8 +50,8 @@ def public_json(event: Event[Any], entry: CatalogEntry | None = None) -> str:
     private = (entry or catalog.resolve(event.type)).spec.private_fields
     if not private:
         return event.model_dump_json()
-    data = event.model_dump(mode="json")
-    data["payload"] = {k: v for k, v in data["payload"].items() if k not in private}
+    # Excluded by field name, so a field serialized under an alias is left out too.
+    data = event.model_dump(mode="json", exclude={"payload": set(private)})
     return json.dumps(data, separators=(",", ":"))
 
 

@@ -2,7 +2,7 @@ from datetime import UTC, datetime, timedelta, timezone
 from uuid import UUID, uuid4
 
 import pytest
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from eventbus import ActorType, Event, UnknownEventTypeError
 from tests.testapp.events import NoteAdded, OrderPlaced, ShopEvent
@@ -113,3 +113,34 @@ def test_an_event_rebuilt_inside_a_handler_keeps_its_own_chain():
     assert rebuilt.correlation_id == received.correlation_id
     # A new event made while handling still joins the chain.
     assert (new.causation_id, new.correlation_id) == (handled.id, handled.correlation_id)
+
+
+def test_a_private_field_serialized_under_an_alias_stays_private():
+    import enum
+
+    from pydantic import ConfigDict, Field
+
+    from eventbus.catalog import EventSpec, catalog
+    from eventbus.wire import public_json
+
+    class Secret(enum.StrEnum):
+        SHARED = "secret.shared"
+
+    class Shared(BaseModel):
+        model_config = ConfigDict(frozen=True, serialize_by_alias=True)
+        text: str
+        author_email: str = Field(alias="authorEmail")
+
+    catalog.register(
+        {Secret.SHARED: EventSpec(Shared, private_fields=frozenset({"author_email"}))},
+        source="tests.test_envelope",
+    )
+    try:
+        event = Event(
+            type=Secret.SHARED, payload={"text": "hi", "authorEmail": "secret@example.com"}
+        )
+        assert "secret@example.com" in event.model_dump_json()  # the alias is what is sent
+        public = public_json(event)
+        assert "secret@example.com" not in public and '"text":"hi"' in public
+    finally:
+        catalog._entries.pop(Secret.SHARED.value, None)
