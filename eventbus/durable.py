@@ -363,7 +363,7 @@ def sweep(now: datetime | None = None, limit: int = 500) -> SweepReport:
     - running runs started more than ``DURABLE_RUN_TIMEOUT`` ago: their worker is
       presumed lost; they run again, or are dead if that was their last attempt;
     - pending runs enqueued more than ``DURABLE_RUN_TIMEOUT`` ago whose task the
-      backend no longer holds as waiting.
+      backend no longer holds as waiting, or as taken by a worker within that time.
     """
     settings = conf.get_settings()
     now = now or timezone.now()
@@ -418,7 +418,11 @@ def sweep(now: datetime | None = None, limit: int = 500) -> SweepReport:
         ).values_list("id", "task_id")[:limit]
     )
     if waiting:
-        report.requeued.extend(_lost_tasks(waiting))
+        lost = _lost_tasks(waiting, taken_before=now - timeout)
+        # The backend was asked after the runs were read: a worker may have ended one of
+        # them in between. Only those still waiting on the same task are requeued.
+        still = runs.filter(pk__in=lost, status=RunStatus.PENDING).values_list("id", "task_id")
+        report.requeued.extend(run_id for run_id, _ in set(still) & set(waiting))
 
     again = [*report.enqueued, *report.lost, *report.requeued]
     if again:
@@ -426,19 +430,27 @@ def sweep(now: datetime | None = None, limit: int = 500) -> SweepReport:
     return report
 
 
-def _lost_tasks(waiting: list[tuple[UUID, str]]) -> list[UUID]:
-    """The runs among ``waiting`` whose task the backend no longer holds as ready."""
+def _lost_tasks(waiting: list[tuple[UUID, str]], taken_before: datetime) -> list[UUID]:
+    """The runs among ``waiting`` whose task the backend no longer holds as ready, or
+    holds as running since before ``taken_before`` (its worker was lost before the run
+    started). A task a worker took since then is about to start its run: not lost."""
     backend = task_backend()
     if not getattr(backend, "supports_get_result", False):
         return [run_id for run_id, _ in waiting]
     lost = []
     for run_id, task_id in waiting:
         try:
-            status = str(backend.get_result(task_id).status)
+            result = backend.get_result(task_id)
         except Exception:  # TaskResultDoesNotExist, or an id the backend cannot parse
-            status = "missing"
-        if not status.endswith("READY"):
             lost.append(run_id)
+            continue
+        status, taken = str(result.status), result.started_at
+        if status.endswith("READY"):
+            continue
+        # Timestamps, not datetimes: a backend's may be aware where Django's are naive.
+        if status.endswith("RUNNING") and taken and taken.timestamp() > taken_before.timestamp():
+            continue
+        lost.append(run_id)
     return lost
 
 

@@ -17,7 +17,7 @@ from django.utils import timezone
 from django_tasks_db.models import DBTaskResult
 
 from eventbus import Event, EventDispatcher, InvalidHandlerError, current_run, publish
-from eventbus.durable import execute, retry, sweep
+from eventbus.durable import execute, retry, sweep, task_backend
 from eventbus.ids import uuid7
 from eventbus.models import EventRecord, HandlerRun, RunStatus
 from tests.testapp.events import ShopEvent
@@ -259,6 +259,54 @@ def test_sweep_requeues_a_run_whose_task_the_backend_lost_and_leaves_waiting_one
     assert lost.id in report.requeued and waiting.id not in report.requeued
     lost.refresh_from_db()
     assert DBTaskResult.objects.filter(id=lost.task_id).exists()
+
+
+@override_settings(
+    EVENTBUS={"CATALOGS": ["tests.testapp.events.EVENT_PAYLOAD_MAP"], "DURABLE_RUN_TIMEOUT": 5}
+)
+def test_sweep_leaves_a_run_whose_task_a_worker_just_took_and_requeues_one_taken_long_ago(
+    django_capture_on_commit_callbacks,
+):
+    # A backlog older than DURABLE_RUN_TIMEOUT: a worker has just taken record's task and
+    # is about to start the run; audit's was taken 6 s ago by a worker lost since.
+    with django_capture_on_commit_callbacks(execute=True):
+        event = pay()
+    taken, lost = run_of(event, "record"), run_of(event, "audit")
+    old = timezone.now() - timedelta(seconds=6)
+    HandlerRun.objects.filter(event_id=event.id).update(enqueued_at=old, due_at=old)
+    DBTaskResult.objects.filter(id=taken.task_id).update(
+        status="RUNNING", started_at=timezone.now()
+    )
+    DBTaskResult.objects.filter(id=lost.task_id).update(status="RUNNING", started_at=old)
+    report = sweep()
+    assert report.requeued == [lost.id]
+
+
+@override_settings(
+    EVENTBUS={"CATALOGS": ["tests.testapp.events.EVENT_PAYLOAD_MAP"], "DURABLE_RUN_TIMEOUT": 5}
+)
+def test_sweep_does_not_requeue_a_run_that_ends_while_its_task_is_looked_up(
+    django_capture_on_commit_callbacks, monkeypatch
+):
+    with django_capture_on_commit_callbacks(execute=True):
+        event = pay()
+    run = run_of(event, "record")
+    old = timezone.now() - timedelta(seconds=6)
+    HandlerRun.objects.filter(event_id=event.id).update(enqueued_at=old, due_at=old)
+    backend = task_backend()
+    get_result = backend.get_result
+
+    def worker_finishes_first(task_id: str) -> Any:
+        # Between the sweep's read of the runs and its question to the backend, a worker
+        # runs the task to its end.
+        if task_id == run.task_id:
+            assert execute(str(run.id)) == "done"
+            DBTaskResult.objects.filter(id=task_id).update(status="SUCCESSFUL")
+        return get_result(task_id)
+
+    monkeypatch.setattr(backend, "get_result", worker_finishes_first)
+    assert run.id not in sweep().requeued
+    assert DBTaskResult.objects.count() == 3  # no second task for the done run
 
 
 def test_subscribe_refuses_what_a_worker_could_not_run_durably():

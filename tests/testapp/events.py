@@ -81,8 +81,9 @@ class PaymentReceived(Frozen):
     amount: int = 1
     # The first ``fail_times`` attempts of notify_payment raise.
     fail_times: int = 0
-    # Seconds record_payment waits after its writes, inside its transaction; then after
-    # its commit, before the task returns to the worker (where faults are injected).
+    # Seconds record_payment waits, on its first attempt only, after its writes inside its
+    # transaction; then after its commit, before the task returns to the worker (where
+    # faults are injected).
     hold: float = 0.0
     hold_after_commit: float = 0.0
 
