@@ -34,6 +34,7 @@ import ctypes
 import json
 import os
 import pstats
+import re
 import signal
 import statistics
 import subprocess
@@ -351,19 +352,25 @@ class Bench:
             )
         return Latency(result)
 
-    def in_process(self, side: str, count: int, profile: str) -> Statements:
-        """The same drain in this process: statements and commits per run, time per run;
-        with ``profile``, again under cProfile."""
+    def in_process(self, side: str, count: int, profile: str) -> tuple[Statements, Statements]:
+        """The publishing, then the same drain in this process: statements and commits per
+        event and per run, time per run; with ``profile``, the drain again under cProfile."""
         from django.db import connection
 
-        counted = Statements()
+        publishing, draining = Statements(), Statements(split_on_poll=True)
         for profiled in (False, True) if profile else (False,):
             self.clear()
-            events = [self.publish(side, n)[0] for n in range(count)]
+            events = []
+            with contextlib.ExitStack() as stack:
+                if not profiled:
+                    stack.enter_context(publishing.counting(connection))
+                for n in range(count):
+                    publishing.next()
+                    events.append(self.publish(side, n)[0])
             profiler = cProfile.Profile() if profiled else None
             with contextlib.ExitStack() as stack:
                 if not profiled:
-                    stack.enter_context(counted.counting(connection))
+                    stack.enter_context(draining.counting(connection))
                 started = time.perf_counter()
                 if profiler:
                     profiler.enable()
@@ -371,15 +378,15 @@ class Bench:
                 if profiler:
                     profiler.disable()
                 if not profiled:
-                    counted.seconds = time.perf_counter() - started
+                    draining.seconds = time.perf_counter() - started
             self.check(side, events)
             if profiler:
                 path = f"{profile}-{side}.prof"
                 profiler.dump_stats(path)
                 print(f"\n== cProfile of the in-process drain, {side} ({path})", file=sys.stderr)
                 pstats.Stats(profiler, stream=sys.stderr).sort_stats("tottime").print_stats(25)
-        counted.runs = count
-        return counted
+        publishing.runs = draining.runs = count
+        return publishing, draining
 
     def rows(
         self,
@@ -388,7 +395,7 @@ class Bench:
         publish_us: dict[str, float],
         latencies: dict[str, Latency],
         rate: float,
-        statements: dict[str, Statements],
+        statements: dict[str, tuple[Statements, Statements]],
     ) -> list[dict[str, Any]]:
         vendor = self.vendor
         common = {
@@ -454,7 +461,7 @@ class Bench:
                 **common,
             )
         )
-        eb, an = statements["eventbus"], statements["anchor"]
+        (eb_publish, eb), (an_publish, an) = statements["eventbus"], statements["anchor"]
         rows.append(
             row(
                 "durable_statements",
@@ -469,9 +476,15 @@ class Bench:
                 anchor_task_statements_per_run=an.per_run("task"),
                 in_process_us_per_run=round(eb.seconds / eb.runs * 1e6, 1),
                 anchor_in_process_us_per_run=round(an.seconds / an.runs * 1e6, 1),
-                runs={side: statements[side].runs for side in SIDES},
-                one_run=eb.one_run,
-                anchor_one_run=an.one_run,
+                runs={side: statements[side][1].runs for side in SIDES},
+                publish_statements=eb_publish.per_run(),
+                anchor_publish_statements=an_publish.per_run(),
+                publish_commits=eb_publish.per_run("commits"),
+                anchor_publish_commits=an_publish.per_run("commits"),
+                one_run=eb.one,
+                anchor_one_run=an.one,
+                one_publish=eb_publish.one,
+                anchor_one_publish=an_publish.one,
                 **common,
             )
         )
@@ -496,16 +509,26 @@ class Latency:
 
 
 class Statements:
-    """Counts the SQL statements and commits of one connection."""
+    """Counts the SQL statements and commits of one connection, unit by unit (a publish,
+    a run): ``next()`` starts a unit, and so does each poll of a worker's drain."""
 
-    def __init__(self) -> None:
+    def __init__(self, split_on_poll: bool = False) -> None:
+        self.split_on_poll = split_on_poll
         self.statements = 0
         self.task = 0  # those not on the task queue's table: the task's own
         self.commits = 0
-        self.runs = 0
+        self.runs = 0  # units counted
         self.seconds = 0.0
-        self.one_run: list[str] = []  # the statements of the last run, shortened
-        self._current: list[str] = []
+        self.units: list[list[str]] = [[]]  # the statements of each unit, shortened
+
+    def next(self) -> None:
+        self.units.append([])
+
+    @property
+    def one(self) -> list[str]:
+        """The statements of one unit: the last but one of a drain (its last is the
+        poll that found the queue empty), else the last."""
+        return self.units[-2 if self.split_on_poll and len(self.units) > 1 else -1]
 
     @contextlib.contextmanager
     def counting(self, connection: Any) -> Iterator[None]:
@@ -516,25 +539,25 @@ class Statements:
 
         def counted_commit() -> None:
             self.commits += 1
-            self._current.append("COMMIT")
+            self.units[-1].append("COMMIT")
             commit()
 
         def wrapper(
             execute: Callable[..., Any], sql: str, params: Any, many: bool, context: Any
         ) -> Any:
             self.statements += 1
-            if sql.startswith("SELECT") and queue in sql:  # the worker polls: a new run
-                last = self._current[-1:]
-                begin = last if last and last[0].startswith("BEGIN") else []
-                self.one_run = self._current[: len(self._current) - len(begin)]
-                self._current = begin
-            self._current.append(_shorten(sql))
+            if self.split_on_poll and sql.startswith("SELECT") and queue in sql:
+                # A poll of the queue: a new run, from the worker's BEGIN if it sent one.
+                last = self.units[-1]
+                begin = [last.pop()] if last and last[-1].startswith("BEGIN") else []
+                self.units.append(begin)
+            self.units[-1].append(_shorten(sql))
             if queue not in sql and not sql.startswith("BEGIN"):
                 self.task += 1
             writes = sql.lstrip().split(None, 1)[0].upper() in ("INSERT", "UPDATE", "DELETE")
             if writes and not context["connection"].in_atomic_block:
                 self.commits += 1  # autocommit
-                self._current.append("(commit)")
+                self.units[-1].append("(commit)")
             return execute(sql, params, many, context)
 
         connection.commit = counted_commit
@@ -549,10 +572,13 @@ class Statements:
 
 
 def _shorten(sql: str) -> str:
-    words = sql.split()
-    head = " ".join(words[:3])
-    where = sql.find(" WHERE ")
-    return head + (" … WHERE " + sql[where + 7 :][:60] if where > 0 else "")
+    """A statement's verb and tables: 'SELECT eventbus_handlerrun eventbus_eventrecord'."""
+    plain = sql.replace('"', "")
+    tables = re.findall(r"\b(?:FROM|JOIN|INTO|UPDATE)\s+(\w+)", plain)
+    if not tables:
+        return " ".join(plain.split()[:3])
+    locks = " FOR UPDATE" if "FOR UPDATE" in plain else ""
+    return " ".join([plain.split(None, 1)[0].upper(), *dict.fromkeys(tables)]) + locks
 
 
 def _die_with_parent() -> None:
