@@ -20,7 +20,8 @@ event's row itself. The body is one INSERT recording ``time.time()`` at its star
    cProfile of each side (``PREFIX-eventbus.prof``, ``PREFIX-anchor.prof``) and prints
    their top functions on stderr.
 
-``--db sqlite`` (a file, rollback journal, as the test suite's) or ``--db postgres``
+``--db sqlite`` (a file, rollback journal, as the test suite's; ``--journal wal`` for
+WAL with ``synchronous = NORMAL``, where a commit waits for no fsync) or ``--db postgres``
 (127.0.0.1:5432). Connections are kept by the workers (``CONN_MAX_AGE=None``), as a
 worker should; ``--conn-max-age 0`` shows Django's default, a new connection per task.
 Every run is checked: as many handler starts as events, none twice, every run done.
@@ -77,8 +78,14 @@ QUICK = Plan(backlog=60, rounds=1, paced=10, loaded=10, in_process=10)
 
 
 def run(
-    quick: bool = False, db: str = "sqlite", profile: str = "", conn_max_age: str = "none"
+    quick: bool = False,
+    db: str = "sqlite",
+    profile: str = "",
+    conn_max_age: str = "none",
+    journal: str = "delete",
 ) -> list[dict[str, Any]]:
+    if journal == "wal":
+        os.environ["BENCH_SQLITE_INIT"] = "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL"
     if db == "postgres":
         os.environ["EVENTBUS_TEST_DB"] = "postgres"
         # A database of its own: a test run on the same server uses test_test.
@@ -94,7 +101,8 @@ def run(
     plan = QUICK if quick else FULL[connection.vendor]
     databases = setup_databases(verbosity=0, interactive=False)
     try:
-        bench = Bench(connection.settings_dict["NAME"], connection.vendor, conn_max_age)
+        vendor = connection.vendor + (", WAL" if journal == "wal" else "")
+        bench = Bench(connection.settings_dict["NAME"], vendor, conn_max_age)
         rows = bench.measure(plan, profile)
     finally:
         connection.close()
@@ -617,4 +625,4 @@ def _work() -> Any:
 
 
 if __name__ == "__main__":
-    main(run, db="sqlite", profile="", conn_max_age="none")
+    main(run, db="sqlite", profile="", conn_max_age="none", journal="delete")
