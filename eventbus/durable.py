@@ -200,9 +200,7 @@ def execute(run_id: str, dispatcher: EventDispatcher | None = None, force: bool 
     run_key = sql.run_key(run_id, connection)
     # Step 1, committed on its own: the attempt counts, and operators see it running,
     # even if this worker dies before the end.
-    with connection.cursor() as cursor:
-        cursor.execute(sql.claim, sql.claim_params(run_key, timezone.now(), force, connection))
-        claimed = cursor.rowcount
+    claimed = _claim(sql, sql.claim_params(run_key, timezone.now(), force, connection), alias)
     if not claimed:
         status = HandlerRun.objects.using(alias).filter(pk=run_id).values_list("status").first()
         why = "the run no longer exists" if status is None else f"the run is {status[0]}"
@@ -241,6 +239,24 @@ def _running(run: HandlerRun, event: Event[Any]) -> Iterator[None]:
     finally:
         _current_run.reset(run_token)
         _current_event.reset(event_token)
+
+
+def _claim(sql: _RunStatements, params: list[Any], alias: str) -> int:
+    """Step 1 in a transaction of its own: how many runs it claimed (0 or 1)."""
+    connection = connections[alias]
+    if not sql.claim_commits_later or connection.in_atomic_block:
+        with connection.cursor() as cursor:
+            cursor.execute(sql.claim, params)
+            return int(cursor.rowcount)
+    # PostgreSQL: the claim's commit does not wait for its WAL to reach the disk (an
+    # fsync, most of what the claim costs). Other sessions see it at once, and a worker
+    # that dies loses nothing. The WAL writer flushes it within 3 x wal_writer_delay,
+    # and step 2's commit, which waits, flushes it first; so a crash of the database
+    # server can lose only the count of an attempt whose handler never committed.
+    with transaction.atomic(using=alias), connection.cursor() as cursor:
+        cursor.execute("SET LOCAL synchronous_commit TO OFF")
+        cursor.execute(sql.claim, params)
+        return int(cursor.rowcount)
 
 
 def _load(sql: _RunStatements, run_key: Any, dispatcher: EventDispatcher, alias: str) -> _Loaded:
@@ -300,6 +316,7 @@ class _RunStatements:
             f"{quote('traceback')} = '' WHERE {key} = %s AND {status} = %s"
         )
         self.finish = f"UPDATE {runs} SET {quote('finished_at')} = %s WHERE {key} = %s"
+        self.claim_commits_later = connection.vendor == "postgresql"
         # Every column of the run, then the event's: a left join, so a run whose event
         # was pruned is still read (with an empty event).
         run_fields = HandlerRun._meta.concrete_fields
