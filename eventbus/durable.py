@@ -102,22 +102,28 @@ class Runs:
                 "or its EventSpec(log=False)): a durable run needs the event's row."
             )
         alias = using or router.db_for_write(HandlerRun)
+        connection = connections[alias]
+        sql = _statements(alias)
         default_attempts = conf.get_settings().DURABLE_MAX_ATTEMPTS
-        now = timezone.now()
-        runs = [
-            HandlerRun(
-                id=uuid7(),
-                event_id=event.id,
-                event_type=entry.name,
-                handler=handler.name,
-                max_attempts=handler.max_attempts or default_attempts,
-                created_at=now,
-                due_at=now,
-            )
-            for handler in handlers
+        now = sql.moment(timezone.now(), connection)
+        event_key = sql.key(event.id, connection)
+        ids = [uuid7() for _ in handlers]
+        rows = [
+            [
+                sql.key(run_id, connection),
+                event_key,
+                entry.name,
+                handler.name,
+                handler.max_attempts or default_attempts,
+                now,  # created
+                now,  # due
+                RunStatus.PENDING.value,
+            ]
+            for run_id, handler in zip(ids, handlers, strict=True)
         ]
-        HandlerRun.objects.using(alias).bulk_create(runs)
-        return [run.id for run in runs]
+        with connection.cursor() as cursor:
+            cursor.executemany(sql.record, rows)
+        return ids
 
     def enqueue(self, run_ids: Sequence[UUID]) -> None:
         """Hand runs to the task framework, after their commit.
@@ -162,12 +168,13 @@ def enqueue(run_ids: Sequence[UUID], run_after: datetime | None = None) -> None:
         return
     task = _task(run_after)
     alias = router.db_for_write(HandlerRun)
-    runs = HandlerRun.objects.using(alias)
-    now = timezone.now()
-    with transaction.atomic(using=alias):
+    connection = connections[alias]
+    sql = _statements(alias)
+    now = sql.moment(timezone.now(), connection)
+    with transaction.atomic(using=alias), connection.cursor() as cursor:
         for run_id in run_ids:
             result = task.enqueue(str(run_id))
-            runs.filter(pk=run_id).update(enqueued_at=now, task_id=str(result.id)[:64])
+            cursor.execute(sql.note, [now, str(result.id)[:64], sql.key(run_id, connection)])
 
 
 # -- in the worker ----------------------------------------------------------------
@@ -197,7 +204,7 @@ def execute(run_id: str, dispatcher: EventDispatcher | None = None, force: bool 
     alias = router.db_for_write(HandlerRun)
     connection = connections[alias]
     sql = _statements(alias)
-    run_key = sql.run_key(run_id, connection)
+    run_key = sql.key(run_id, connection)
     # Step 1, committed on its own: the attempt counts, and operators see it running,
     # even if this worker dies before the end.
     claimed = _claim(sql, sql.claim_params(run_key, timezone.now(), force, connection), alias)
@@ -291,13 +298,14 @@ def _load(sql: _RunStatements, run_key: Any, dispatcher: EventDispatcher, alias:
 
 
 class _RunStatements:
-    """A worker's statements about one run, written once per database as plain SQL.
+    """The statements every publish and every run make about runs, as plain SQL written
+    once per database.
 
-    A run makes four: the claim (step 1), the load of the run with its event, the done
-    mark and the finish (step 2). Built by the ORM, each took several times longer to
-    build than the database took to run it (bench.durable; docs/performance.md), so
-    they are written here once, and the loaded columns go through the converters the
-    ORM would have applied.
+    A publish records its runs and, after the commit, notes their enqueue; a worker
+    claims a run (step 1), loads it with its event, marks it done and finishes it
+    (step 2). Built by the ORM, each took several times longer to build than the
+    database took to run it (bench.durable; docs/performance.md), so they are written
+    here once, and the loaded columns go through the converters the ORM would apply.
     """
 
     def __init__(self, connection: BaseDatabaseWrapper) -> None:
@@ -305,18 +313,31 @@ class _RunStatements:
         runs, events = quote(HandlerRun._meta.db_table), quote(EventRecord._meta.db_table)
         status, attempts = quote("status"), quote("attempts")
         key = f"{runs}.{quote('id')}"
+        recorded = (
+            "id", "event_id", "event_type", "handler", "max_attempts", "created_at", "due_at",
+            "status",
+        )  # fmt: skip
+        self.record = (
+            f"INSERT INTO {runs} ({', '.join(quote(c) for c in recorded)}, {attempts}, "
+            f"{quote('task_id')}, {quote('last_error')}, {quote('traceback')}) "
+            f"VALUES ({', '.join('%s' for _ in recorded)}, 0, '', '', '')"
+        )
+        self.note = (
+            f"UPDATE {runs} SET {quote('enqueued_at')} = %s, {quote('task_id')} = %s "
+            f"WHERE {key} = %s"
+        )
         # A run is claimed when pending or running (or done, forced); the third
         # placeholder repeats a status when it is not forced.
         self.claim = (
             f"UPDATE {runs} SET {status} = %s, {attempts} = {attempts} + 1, "
             f"{quote('started_at')} = %s WHERE {key} = %s AND {status} IN (%s, %s, %s)"
         )
+        self.claim_commits_later = connection.vendor == "postgresql"
         self.done = (
             f"UPDATE {runs} SET {status} = %s, {quote('last_error')} = '', "
             f"{quote('traceback')} = '' WHERE {key} = %s AND {status} = %s"
         )
         self.finish = f"UPDATE {runs} SET {quote('finished_at')} = %s WHERE {key} = %s"
-        self.claim_commits_later = connection.vendor == "postgresql"
         # Every column of the run, then the event's: a left join, so a run whose event
         # was pruned is still read (with an empty event).
         run_fields = HandlerRun._meta.concrete_fields
@@ -340,8 +361,9 @@ class _RunStatements:
                 self.converters.append((index, col, found))
 
     @staticmethod
-    def run_key(run_id: str, connection: BaseDatabaseWrapper) -> Any:
-        return HandlerRun._meta.pk.get_db_prep_value(run_id, connection)
+    def key(value: UUID | str, connection: BaseDatabaseWrapper) -> Any:
+        """A run's or an event's id as the database takes it."""
+        return HandlerRun._meta.pk.get_db_prep_value(value, connection)
 
     @staticmethod
     def moment(when: datetime, connection: BaseDatabaseWrapper) -> Any:
