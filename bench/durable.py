@@ -6,15 +6,17 @@ handler body in a plain task that the publisher enqueues by hand,
 ``transaction.on_commit(lambda: by_hand.enqueue(str(event.id)))``, and that loads the
 event's row itself. The body is one INSERT recording ``time.time()`` at its start.
 
-1. Latency, commit → handler start (the publisher notes ``time.time()`` in the first
-   ``on_commit`` callback), one worker polling every ``INTERVAL`` seconds: paced, one
-   event at a time, the sides taking turns; then under load, each side alone at half
-   the anchor's one-worker rate (from 2.), whether or not the worker keeps up.
-2. Throughput: a backlog of events drained by 1, then 2 ``db_worker --batch`` processes
-   started once the backlog is in; runs per second between the 5th and 95th percentile
-   of the handlers' start times (leaving out the workers' start-up and the tail).
+1. Throughput: a backlog of events drained by 1, then 2 ``db_worker`` processes, each
+   side's backlog in turn (``ROUNDS`` times, the order swapped each round). The backlog
+   is published to a queue no worker reads (``HELD``), then handed to the workers'
+   queue in one UPDATE, so that workers already polling find all of it at once; runs
+   per second between the 5th and 95th percentile of the handlers' start times.
    Building the backlog times the publish side: each event in its own transaction,
    committed, its task enqueued.
+2. Latency, commit → handler start (the publisher notes ``time.time()`` in the first
+   ``on_commit`` callback), one worker polling every ``INTERVAL`` seconds: paced, one
+   event at a time, the sides taking turns; then under load, each side alone at a share
+   (``LOADED``) of the anchor's one-worker rate from 1., whether or not it keeps up.
 3. Statements per run: the same drain in this process (django-tasks-db's own worker
    loop), every SQL statement and commit counted; ``--profile PREFIX`` also writes a
    cProfile of each side (``PREFIX-eventbus.prof``, ``PREFIX-anchor.prof``) and prints
@@ -24,7 +26,8 @@ event's row itself. The body is one INSERT recording ``time.time()`` at its star
 WAL with ``synchronous = NORMAL``, where a commit waits for no fsync) or ``--db postgres``
 (127.0.0.1:5432). Connections are kept by the workers (``CONN_MAX_AGE=None``), as a
 worker should; ``--conn-max-age 0`` shows Django's default, a new connection per task.
-Every run is checked: as many handler starts as events, none twice, every run done.
+Every run is checked: as many handler starts as events, none twice, every run done and
+every task successful.
 """
 
 from __future__ import annotations
@@ -55,8 +58,9 @@ SIDES = ("eventbus", "anchor")
 ANCHOR = "a task enqueued by hand in on_commit (same worker, same body)"
 INTERVAL = 0.01  # seconds an idle worker waits before it polls again
 PAUSE = 0.02  # seconds between a handler's start and the next event, paced
-LOADED = 0.5  # events per second under load, as a share of the anchor's one-worker rate
+LOADED = 0.3  # events per second under load, as a share of the anchor's one-worker rate
 WAIT = 300.0  # seconds any drain may take at most
+HELD = "bench-held"  # the queue a backlog waits in (bench/durable_settings.py)
 
 
 @dataclass(frozen=True)
@@ -68,12 +72,7 @@ class Plan:
     in_process: int  # events per side, drained in this process
 
 
-# PostgreSQL commits cost several times SQLite's on the machine of docs/performance.md
-# (an fsync of its WAL each): smaller runs keep it within bench.sh's 8 minutes.
-FULL = {
-    "sqlite": Plan(backlog=2_000, rounds=3, paced=500, loaded=500, in_process=500),
-    "postgresql": Plan(backlog=1_000, rounds=3, paced=300, loaded=300, in_process=200),
-}
+FULL = Plan(backlog=1_000, rounds=4, paced=300, loaded=300, in_process=300)
 QUICK = Plan(backlog=60, rounds=1, paced=10, loaded=10, in_process=10)
 
 
@@ -98,7 +97,7 @@ def run(
     from django.db import connection
     from django.test.utils import setup_databases, teardown_databases
 
-    plan = QUICK if quick else FULL[connection.vendor]
+    plan = QUICK if quick else FULL
     databases = setup_databases(verbosity=0, interactive=False)
     try:
         vendor = connection.vendor + (", WAL" if journal == "wal" else "")
@@ -111,10 +110,10 @@ def run(
 
 
 class Workers:
-    """``db_worker`` processes on the bench's database; stopped (and killed if need be) on
-    exit. With ``batch`` each exits once the queue is empty."""
+    """``db_worker`` processes on the bench's database, polling the default queue; stopped
+    (and killed if need be) on exit."""
 
-    def __init__(self, database: str, count: int, *, batch: bool) -> None:
+    def __init__(self, database: str, count: int) -> None:
         self.logs = tempfile.TemporaryDirectory(prefix="bench-durable-")
         env = {
             **os.environ,
@@ -124,7 +123,7 @@ class Workers:
         }
         command = [
             sys.executable, "-m", "django", "db_worker", "--no-startup-delay", "--no-reload",
-            "--interval", str(INTERVAL), "--verbosity", "0", *(["--batch"] if batch else []),
+            "--interval", str(INTERVAL), "--verbosity", "0",
         ]  # fmt: skip
         self.processes: list[subprocess.Popen[bytes]] = []
         for n in range(count):
@@ -140,15 +139,10 @@ class Workers:
                     )
                 )
 
-    def wait(self, timeout: float) -> None:
-        """Until every worker has exited (``batch``); raises past ``timeout`` or on a crash."""
-        deadline = time.monotonic() + timeout
+    def check(self) -> None:
+        """Raises if a worker has exited."""
         for process in self.processes:
-            try:
-                process.wait(max(0.0, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                raise RuntimeError(f"a db_worker still ran after {timeout:.0f} s") from None
-            if process.returncode != 0:
+            if process.poll() is not None:
                 raise RuntimeError(f"a db_worker exited with {process.returncode}:\n{self.log()}")
 
     def log(self) -> str:
@@ -181,6 +175,7 @@ class Bench:
         self.vendor = vendor
         self.conn_max_age = conn_max_age
         self.load_average = os.getloadavg()  # others' work on the machine, before and after
+        self.by_hand = _work().by_hand
         with connection.cursor() as cursor:
             cursor.execute(
                 f"CREATE TABLE {_work().STARTS} (event_id varchar(36) NOT NULL, "
@@ -204,8 +199,28 @@ class Bench:
                 event = publish(work.BenchEvent.DURABLE, {"n": n})
             else:
                 event = publish(work.BenchEvent.BY_HAND, {"n": n})
-                transaction.on_commit(lambda: work.by_hand.enqueue(str(event.id)))
+                transaction.on_commit(lambda: self.by_hand.enqueue(str(event.id)))
         return str(event.id), committed[0]
+
+    @contextlib.contextmanager
+    def holding(self) -> Iterator[None]:
+        """What is published meanwhile waits in the ``HELD`` queue, for :meth:`release`."""
+        from django.conf import settings
+        from django.test import override_settings
+
+        queue = {**settings.EVENTBUS, "DURABLE_QUEUE": HELD}
+        with override_settings(EVENTBUS=queue):
+            self.by_hand = _work().by_hand.using(queue_name=HELD)
+            try:
+                yield
+            finally:
+                self.by_hand = _work().by_hand
+
+    def release(self) -> None:
+        """Hands the held tasks to the workers' queue, all at once."""
+        from django_tasks_db.models import DBTaskResult
+
+        DBTaskResult.objects.filter(queue_name=HELD).update(queue_name="default")
 
     def clear(self) -> None:
         from django.db import connection
@@ -232,7 +247,8 @@ class Bench:
         return found
 
     def check(self, side: str, events: list[str]) -> dict[str, list[float]]:
-        """Every event's handler started exactly once; every run and task finished."""
+        """Every event's handler started exactly once; every run done and every task
+        successful (waited for: a task is marked after its handler started)."""
         from django_tasks_db.models import DBTaskResult
 
         from eventbus.models import HandlerRun, RunStatus
@@ -246,12 +262,15 @@ class Bench:
             )
         path = "bench.durable_work.by_hand" if side == "anchor" else "eventbus.tasks.run_handler"
         tasks = DBTaskResult.objects.filter(task_path=path)
+        deadline = time.monotonic() + WAIT
+        while tasks.filter(status="SUCCESSFUL").count() < len(events):
+            if time.monotonic() > deadline or tasks.filter(status="FAILED").exists():
+                raise RuntimeError(f"{side}: not every task succeeded: {_count_by(tasks)}")
+            time.sleep(0.05)
         if side == "eventbus":
             runs = HandlerRun.objects.filter(event_id__in=events)
             if runs.filter(status=RunStatus.DONE).count() != len(events):
                 raise RuntimeError(f"eventbus: not every run is done: {_count_by(runs)}")
-        if tasks.filter(status="SUCCESSFUL").count() != len(events):
-            raise RuntimeError(f"{side}: not every task succeeded: {_count_by(tasks)}")
         return found
 
     def wait_for_starts(self, side: str, count: int, timeout: float, poll: float = 0.05) -> None:
@@ -270,50 +289,54 @@ class Bench:
     # -- the measures -----------------------------------------------------------------
 
     def measure(self, plan: Plan, profile: str) -> list[dict[str, Any]]:
-        drains = {workers: self.drains(plan, workers) for workers in (1, 2)}
-        publish_us = {
-            side: statistics.median(drains[1][side].publish_us + drains[2][side].publish_us)
-            for side in SIDES
-        }
-        rate = LOADED * drains[1]["anchor"].rate
-        with Workers(self.database, 1, batch=False) as workers:
+        drains: dict[int, dict[str, Drain]] = {}
+        with Workers(self.database, 1) as workers:
             self.paced(1, workers)  # until the worker is up
+            drains[1] = self.drains(plan, workers)
+            rate = LOADED * drains[1]["anchor"].rate
             latencies = {
                 "paced": self.paced(plan.paced, workers),
                 "loaded": self.loaded(plan.loaded, workers, rate),
             }
+        with Workers(self.database, 2) as workers:
+            self.paced(1, workers)
+            drains[2] = self.drains(plan, workers)
+        publish_us = {
+            side: statistics.median(drains[1][side].publish_us + drains[2][side].publish_us)
+            for side in SIDES
+        }
         statements = {side: self.in_process(side, plan.in_process, profile) for side in SIDES}
         return self.rows(plan, drains, publish_us, latencies, rate, statements)
 
-    def drains(self, plan: Plan, workers: int) -> dict[str, Drain]:
-        """Each side's backlog drained by ``workers`` workers, ``plan.rounds`` times each,
-        taking turns; the median round's rate."""
+    def drains(self, plan: Plan, workers: Workers) -> dict[str, Drain]:
+        """Each side's backlog drained ``plan.rounds`` times, the sides taking turns (the
+        first of a round goes second in the next); the median of their rates."""
         rounds: dict[str, list[Drain]] = {side: [] for side in SIDES}
-        for _ in range(plan.rounds):
-            for side in SIDES:
+        for n in range(plan.rounds):
+            for side in SIDES if n % 2 == 0 else SIDES[::-1]:
                 rounds[side].append(self.drain(side, plan.backlog, workers))
         result = {}
         for side in SIDES:
-            by_rate = sorted(rounds[side], key=lambda d: d.rate)
-            median = by_rate[len(by_rate) // 2]
             result[side] = Drain(
-                median.rate,
+                statistics.median(d.rate for d in rounds[side]),
                 [us for d in rounds[side] for us in d.publish_us],
                 [d.rate for d in rounds[side]],
                 sum(d.started for d in rounds[side]),
             )
         return result
 
-    def drain(self, side: str, count: int, workers: int) -> Drain:
+    def drain(self, side: str, count: int, workers: Workers) -> Drain:
         self.clear()
         events, publish_us = [], []
-        for n in range(count):
-            started = time.perf_counter()
-            event_id, _ = self.publish(side, n)
-            publish_us.append((time.perf_counter() - started) * 1e6)
-            events.append(event_id)
-        with Workers(self.database, workers, batch=True) as running:
-            running.wait(WAIT)
+        with self.holding():
+            for n in range(count):
+                started = time.perf_counter()
+                event_id, _ = self.publish(side, n)
+                publish_us.append((time.perf_counter() - started) * 1e6)
+                events.append(event_id)
+        self.release()
+        self.wait_for_starts(side, count, WAIT)
+        workers.check()
         found = self.check(side, events)
         times = sorted(t for ts in found.values() for t in ts)
         first, last = int(0.05 * count), int(0.95 * count) - 1
@@ -350,8 +373,7 @@ class Bench:
         return self.latencies(committed, workers)
 
     def latencies(self, committed: dict[str, dict[str, float]], workers: Workers) -> Latency:
-        if workers.processes[0].poll() is not None:
-            raise RuntimeError(f"the db_worker exited:\n{workers.log()}")
+        workers.check()
         result: dict[str, list[float]] = {}
         for side in SIDES:
             found = self.check(side, list(committed[side]))
