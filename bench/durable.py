@@ -477,6 +477,16 @@ class Bench:
                     met=an / eb <= TARGET,
                     workers=workers,
                     time_ratio=round(an / eb, 3),
+                    # Each round's eventbus and anchor drains ran one after the other.
+                    paired_time_ratio=round(
+                        statistics.median(
+                            a / e
+                            for e, a in zip(
+                                drain["eventbus"].rounds, drain["anchor"].rounds, strict=True
+                            )
+                        ),
+                        3,
+                    ),
                     eventbus_rounds=[round(r, 1) for r in drain["eventbus"].rounds],
                     anchor_rounds=[round(r, 1) for r in drain["anchor"].rounds],
                     started={side: drain[side].started for side in SIDES},
