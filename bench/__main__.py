@@ -36,6 +36,8 @@ RUNS: list[tuple[str, list[str]]] = [
     ("bench.replay", ["--db", "sqlite"]),
     ("bench.replay", ["--db", "postgres"]),
     ("bench.e2e", []),
+    ("bench.durable", ["--db", "sqlite"]),
+    ("bench.durable", ["--db", "postgres"]),
 ]
 
 

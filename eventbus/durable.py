@@ -17,17 +17,18 @@ The life of a run (one :class:`HandlerRun` row per event and durable handler):
 
 from __future__ import annotations
 
+import functools
 import logging
 import traceback
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 from uuid import UUID
 
 from django.db import connections, router, transaction
-from django.db.models import F
+from django.db.backends.base.base import BaseDatabaseWrapper
 from django.utils import timezone
 
 from . import conf
@@ -41,6 +42,8 @@ from .log import is_logged
 from .models import EVENT_COLUMNS, EventRecord, HandlerRun, RunStatus, event_from_columns
 
 if TYPE_CHECKING:
+    from django.db.models import Field
+
     from .dispatcher import EventDispatcher
 
 logger = logging.getLogger("eventbus.durable")
@@ -99,22 +102,28 @@ class Runs:
                 "or its EventSpec(log=False)): a durable run needs the event's row."
             )
         alias = using or router.db_for_write(HandlerRun)
+        connection = connections[alias]
+        sql = _statements(alias)
         default_attempts = conf.get_settings().DURABLE_MAX_ATTEMPTS
-        now = timezone.now()
-        runs = [
-            HandlerRun(
-                id=uuid7(),
-                event_id=event.id,
-                event_type=entry.name,
-                handler=handler.name,
-                max_attempts=handler.max_attempts or default_attempts,
-                created_at=now,
-                due_at=now,
-            )
-            for handler in handlers
+        now = sql.moment(timezone.now(), connection)
+        event_key = sql.key(event.id, connection)
+        ids = [uuid7() for _ in handlers]
+        rows = [
+            [
+                sql.key(run_id, connection),
+                event_key,
+                entry.name,
+                handler.name,
+                handler.max_attempts or default_attempts,
+                now,  # created
+                now,  # due
+                RunStatus.PENDING.value,
+            ]
+            for run_id, handler in zip(ids, handlers, strict=True)
         ]
-        HandlerRun.objects.using(alias).bulk_create(runs)
-        return [run.id for run in runs]
+        with connection.cursor() as cursor:
+            cursor.executemany(sql.record, rows)
+        return ids
 
     def enqueue(self, run_ids: Sequence[UUID]) -> None:
         """Hand runs to the task framework, after their commit.
@@ -159,12 +168,13 @@ def enqueue(run_ids: Sequence[UUID], run_after: datetime | None = None) -> None:
         return
     task = _task(run_after)
     alias = router.db_for_write(HandlerRun)
-    runs = HandlerRun.objects.using(alias)
-    now = timezone.now()
-    with transaction.atomic(using=alias):
+    connection = connections[alias]
+    sql = _statements(alias)
+    now = sql.moment(timezone.now(), connection)
+    with transaction.atomic(using=alias), connection.cursor() as cursor:
         for run_id in run_ids:
             result = task.enqueue(str(run_id))
-            runs.filter(pk=run_id).update(enqueued_at=now, task_id=str(result.id)[:64])
+            cursor.execute(sql.note, [now, str(result.id)[:64], sql.key(run_id, connection)])
 
 
 # -- in the worker ----------------------------------------------------------------
@@ -192,22 +202,18 @@ def execute(run_id: str, dispatcher: EventDispatcher | None = None, force: bool 
 
         dispatcher = get_event_dispatcher()
     alias = router.db_for_write(HandlerRun)
-    runs = HandlerRun.objects.using(alias)
-    runnable = [RunStatus.PENDING, RunStatus.RUNNING]
-    if force:
-        runnable.append(RunStatus.DONE)
-    started_at = timezone.now()
+    connection = connections[alias]
+    sql = _statements(alias)
+    run_key = sql.key(run_id, connection)
     # Step 1, committed on its own: the attempt counts, and operators see it running,
     # even if this worker dies before the end.
-    claimed = runs.filter(pk=run_id, status__in=runnable).update(
-        status=RunStatus.RUNNING, attempts=F("attempts") + 1, started_at=started_at
-    )
+    claimed = _claim(sql, sql.claim_params(run_key, timezone.now(), force, connection), alias)
     if not claimed:
-        status = runs.filter(pk=run_id).values_list("status", flat=True).first()
-        why = "the run no longer exists" if status is None else f"the run is {status}"
+        status = HandlerRun.objects.using(alias).filter(pk=run_id).values_list("status").first()
+        why = "the run no longer exists" if status is None else f"the run is {status[0]}"
         logger.info("Durable run %s skipped: %s", run_id, why)
         return f"skipped: {why}"
-    loaded = _load(runs.get(pk=run_id), dispatcher, alias)
+    loaded = _load(sql, run_key, dispatcher, alias)
     if loaded.handler is None or loaded.event is None:
         _end(loaded.run, alias, dead=True, error=loaded.problem, trace="")
         return "dead"
@@ -217,13 +223,14 @@ def execute(run_id: str, dispatcher: EventDispatcher | None = None, force: bool 
         # comes first: it takes the row's lock, so a duplicate of this run waits here
         # and then finds the run done.
         with transaction.atomic(using=alias):
-            if not runs.filter(pk=run_id, status=RunStatus.RUNNING).update(
-                status=RunStatus.DONE, last_error="", traceback=""
-            ):
-                return "skipped: another worker finished it"
+            with connection.cursor() as cursor:
+                cursor.execute(sql.done, [RunStatus.DONE.value, run_key, RunStatus.RUNNING.value])
+                if not cursor.rowcount:
+                    return "skipped: another worker finished it"
             with _running(run, event):
                 handler.func(handler.argument(event))
-            runs.filter(pk=run_id).update(finished_at=timezone.now())
+            with connection.cursor() as cursor:
+                cursor.execute(sql.finish, [sql.moment(timezone.now(), connection), run_key])
     except Exception as exc:
         return _failed(run, event, exc, alias)
     return "done"
@@ -241,7 +248,26 @@ def _running(run: HandlerRun, event: Event[Any]) -> Iterator[None]:
         _current_event.reset(event_token)
 
 
-def _load(run: HandlerRun, dispatcher: EventDispatcher, alias: str) -> _Loaded:
+def _claim(sql: _RunStatements, params: list[Any], alias: str) -> int:
+    """Step 1 in a transaction of its own: how many runs it claimed (0 or 1)."""
+    connection = connections[alias]
+    if not sql.claim_commits_later or connection.in_atomic_block:
+        with connection.cursor() as cursor:
+            cursor.execute(sql.claim, params)
+            return int(cursor.rowcount)
+    # PostgreSQL: the claim's commit does not wait for its WAL to reach the disk (an
+    # fsync, most of what the claim costs). Other sessions see it at once, and a worker
+    # that dies loses nothing. The WAL writer flushes it within 3 x wal_writer_delay,
+    # and step 2's commit, which waits, flushes it first; so a crash of the database
+    # server can lose only the count of an attempt whose handler never committed.
+    with transaction.atomic(using=alias), connection.cursor() as cursor:
+        cursor.execute("SET LOCAL synchronous_commit TO OFF")
+        cursor.execute(sql.claim, params)
+        return int(cursor.rowcount)
+
+
+def _load(sql: _RunStatements, run_key: Any, dispatcher: EventDispatcher, alias: str) -> _Loaded:
+    run, columns = sql.load(run_key, alias)
     handler = dispatcher.durable_handler(run.event_type, run.handler)
     if handler is None:
         return _Loaded(
@@ -252,9 +278,6 @@ def _load(run: HandlerRun, dispatcher: EventDispatcher, alias: str) -> _Loaded:
             "it was renamed or removed, or its module is not imported by the workers. "
             "Deploy it, then retry the run from the admin.",
         )
-    columns = (
-        EventRecord.objects.using(alias).filter(pk=run.event_id).values_list(*EVENT_COLUMNS).first()
-    )
     if columns is None:
         return _Loaded(
             run,
@@ -272,6 +295,114 @@ def _load(run: HandlerRun, dispatcher: EventDispatcher, alias: str) -> _Loaded:
             f"Event {run.event_id} no longer fits the catalog: {type(exc).__name__}: {exc}",
         )
     return _Loaded(run, handler, event, "")
+
+
+class _RunStatements:
+    """The statements every publish and every run make about runs, as plain SQL written
+    once per database.
+
+    A publish records its runs and, after the commit, notes their enqueue; a worker
+    claims a run (step 1), loads it with its event, marks it done and finishes it
+    (step 2). Built by the ORM, each took several times longer to build than the
+    database took to run it (bench.durable; docs/performance.md), so they are written
+    here once, and the loaded columns go through the converters the ORM would apply.
+    """
+
+    def __init__(self, connection: BaseDatabaseWrapper) -> None:
+        quote = connection.ops.quote_name
+        runs, events = quote(HandlerRun._meta.db_table), quote(EventRecord._meta.db_table)
+        status, attempts = quote("status"), quote("attempts")
+        key = f"{runs}.{quote('id')}"
+        recorded = (
+            "id", "event_id", "event_type", "handler", "max_attempts", "created_at", "due_at",
+            "status",
+        )  # fmt: skip
+        self.record = (
+            f"INSERT INTO {runs} ({', '.join(quote(c) for c in recorded)}, {attempts}, "
+            f"{quote('task_id')}, {quote('last_error')}, {quote('traceback')}) "
+            f"VALUES ({', '.join('%s' for _ in recorded)}, 0, '', '', '')"
+        )
+        self.note = (
+            f"UPDATE {runs} SET {quote('enqueued_at')} = %s, {quote('task_id')} = %s "
+            f"WHERE {key} = %s"
+        )
+        # A run is claimed when pending or running (or done, forced); the third
+        # placeholder repeats a status when it is not forced.
+        self.claim = (
+            f"UPDATE {runs} SET {status} = %s, {attempts} = {attempts} + 1, "
+            f"{quote('started_at')} = %s WHERE {key} = %s AND {status} IN (%s, %s, %s)"
+        )
+        self.claim_commits_later = connection.vendor == "postgresql"
+        self.done = (
+            f"UPDATE {runs} SET {status} = %s, {quote('last_error')} = '', "
+            f"{quote('traceback')} = '' WHERE {key} = %s AND {status} = %s"
+        )
+        self.finish = f"UPDATE {runs} SET {quote('finished_at')} = %s WHERE {key} = %s"
+        # Every column of the run, then the event's: a left join, so a run whose event
+        # was pruned is still read (with an empty event).
+        run_fields = HandlerRun._meta.concrete_fields
+        event_fields = [
+            cast("Field[Any, Any]", EventRecord._meta.get_field(name)) for name in EVENT_COLUMNS
+        ]
+        columns = [(HandlerRun._meta.db_table, f) for f in run_fields] + [
+            (EventRecord._meta.db_table, f) for f in event_fields
+        ]
+        selected = ", ".join(f"{quote(table)}.{quote(cast(str, f.column))}" for table, f in columns)
+        self.load_sql = (
+            f"SELECT {selected} FROM {runs} LEFT OUTER JOIN {events} "
+            f"ON {events}.{quote('id')} = {runs}.{quote('event_id')} WHERE {key} = %s"
+        )
+        self.run_fields = [f.attname for f in run_fields]
+        self.converters: list[tuple[int, Any, list[Any]]] = []
+        for index, (table, f) in enumerate(columns):
+            col = f.get_col(table)
+            found = [*connection.ops.get_db_converters(col), *col.get_db_converters(connection)]
+            if found:
+                self.converters.append((index, col, found))
+
+    @staticmethod
+    def key(value: UUID | str, connection: BaseDatabaseWrapper) -> Any:
+        """A run's or an event's id as the database takes it."""
+        return HandlerRun._meta.pk.get_db_prep_value(value, connection)
+
+    @staticmethod
+    def moment(when: datetime, connection: BaseDatabaseWrapper) -> Any:
+        return connection.ops.adapt_datetimefield_value(when)
+
+    def claim_params(
+        self, run_key: Any, now: datetime, force: bool, connection: BaseDatabaseWrapper
+    ) -> list[Any]:
+        last = RunStatus.DONE if force else RunStatus.RUNNING
+        return [
+            RunStatus.RUNNING.value,
+            self.moment(now, connection),
+            run_key,
+            RunStatus.PENDING.value,
+            RunStatus.RUNNING.value,
+            last.value,
+        ]
+
+    def load(self, run_key: Any, alias: str) -> tuple[HandlerRun, tuple[Any, ...] | None]:
+        """The run and its event's columns (None when the event's row is gone)."""
+        connection = connections[alias]
+        with connection.cursor() as cursor:
+            cursor.execute(self.load_sql, [run_key])
+            row = cursor.fetchone()
+        if row is None:
+            raise HandlerRun.DoesNotExist(f"Durable run {run_key} no longer exists.")
+        values = list(row)
+        for index, col, converters in self.converters:
+            for converter in converters:
+                values[index] = converter(values[index], col, connection)
+        count = len(self.run_fields)
+        run = HandlerRun.from_db(alias, self.run_fields, values[:count])
+        event = tuple(values[count:])
+        return run, (None if event[0] is None else event)
+
+
+@functools.cache
+def _statements(alias: str) -> _RunStatements:
+    return _RunStatements(connections[alias])
 
 
 def _failed(run: HandlerRun, event: Event[Any], exc: Exception, alias: str) -> str:

@@ -2,8 +2,8 @@
 # Runs the benchmark suite:  bash scripts/bench.sh [--quick] [--update-readme] [--only MODULE]
 #
 # Uses the Python 3.12 virtualenv of the test command (.venv/py312, created when missing),
-# starts its own redis-server and ASGI server processes on loopback, and needs PostgreSQL
-# on 127.0.0.1:5432 for the PostgreSQL row. Writes docs/bench/results.json and
+# starts its own redis-server, ASGI server and db_worker processes on loopback, and needs
+# PostgreSQL on 127.0.0.1:5432 for the PostgreSQL rows. Writes docs/bench/results.json and
 # docs/bench/latency.png; --update-readme rewrites the README's results section from them.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."

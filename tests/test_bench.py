@@ -58,6 +58,42 @@ def test_replay_benchmark_runs():
     assert all(r["unit"] == "ms" and r["before_positions_ms"] > 0 for r in rows)
 
 
+def check_durable_rows(rows: list[dict]) -> None:
+    """Every row of bench.durable, and the counts it checked: no run lost or run twice."""
+    from bench.durable import QUICK, SIDES
+
+    by_kind: dict[str, list[dict]] = {}
+    for result in rows:
+        by_kind.setdefault(result["bench"], []).append(result)
+    assert sorted(by_kind) == [
+        "durable_latency", "durable_publish", "durable_statements", "durable_throughput"
+    ]  # fmt: skip
+    latency = {(r["load"], r["percentile"]): r for r in by_kind["durable_latency"]}
+    assert sorted(latency) == [("loaded", 50), ("loaded", 99), ("paced", 50), ("paced", 99)]
+    for (load, _), result in latency.items():
+        events = QUICK.paced if load == "paced" else QUICK.loaded // 2 * 2
+        assert result["events"] == dict.fromkeys(SIDES, events)
+        assert result["unit"] == "ms" and result["max_ms"] >= result["eventbus"]
+    throughput = {r["workers"]: r for r in by_kind["durable_throughput"]}
+    assert sorted(throughput) == [1, 2]
+    for result in throughput.values():
+        assert result["unit"] == "runs/s" and result["met"] in (True, False)
+        assert result["started"] == dict.fromkeys(SIDES, QUICK.backlog * QUICK.rounds)
+    [statements] = by_kind["durable_statements"]
+    assert statements["runs"] == dict.fromkeys(SIDES, QUICK.in_process)
+    # The run's own commit (attempt counted, before the handler) is one the anchor has not.
+    assert statements["commits_per_run"] > statements["anchor_commits_per_run"]
+
+
+def test_durable_benchmark_runs():
+    check_durable_rows(run_bench("bench.durable", "--db", "sqlite"))
+
+
+@pytest.mark.postgres
+def test_durable_benchmark_runs_on_postgres():
+    check_durable_rows(run_bench("bench.durable", "--db", "postgres"))
+
+
 @pytest.mark.redis
 @pytest.mark.parametrize("layer", ["core", "pubsub"])
 def test_relay_benchmark_runs(redis_server, layer):

@@ -4,6 +4,7 @@ The handlers are tests/testapp/handlers.py's three on ``payment.received``. Real
 processes and faults are in test_durable_workers.py.
 """
 
+from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 from typing import Any
 from uuid import UUID
@@ -11,8 +12,9 @@ from uuid import UUID
 import django
 import pytest
 from django.core.checks import run_checks
-from django.db import transaction
+from django.db import connection, connections, transaction
 from django.test import override_settings
+from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 from django_tasks_db.models import DBTaskResult
 
@@ -171,6 +173,48 @@ def test_current_run_gives_the_idempotency_key_inside_the_handler_only():
         handlers._effect = original
     assert seen == [f"{dispatcher_event.id}:{HANDLERS['audit']}"]
     assert current_run() is None
+
+
+def _status_elsewhere(run_id: UUID) -> tuple[str, int]:
+    """The run's status and attempts as another connection (another thread's) sees them."""
+    try:
+        return HandlerRun.objects.values_list("status", "attempts").get(pk=run_id)
+    finally:
+        connections.close_all()
+
+
+@pytest.mark.db_heavy
+@pytest.mark.django_db(transaction=True)
+def test_the_claim_commits_before_the_handler_runs(monkeypatch):
+    """Step 1 is a transaction of its own: while the handler runs, other connections see the
+    run running with this attempt counted. On PostgreSQL its commit does not wait for the
+    disk (durable.py says why that loses nothing a worker's death could)."""
+    event = pay()
+    run = run_of(event, "audit")
+    from tests.testapp import handlers
+
+    seen = []
+    original = handlers._effect
+
+    def spy(event: Event[Any], handler: str) -> None:
+        with ThreadPoolExecutor(1) as elsewhere:
+            seen.append(elsewhere.submit(_status_elsewhere, run.id).result())
+        original(event, handler)
+
+    monkeypatch.setattr(handlers, "_effect", spy)
+    with CaptureQueriesContext(connection) as queries:
+        assert execute(str(run.id)) == "done"
+    assert seen == [(RunStatus.RUNNING, 1)]
+    # Django 6 also logs BEGIN and COMMIT, which Django 5.2 leaves out.
+    claim = [q["sql"] for q in queries.captured_queries if q["sql"] not in ("BEGIN", "COMMIT")]
+    if connection.vendor == "postgresql":
+        assert claim[0] == "SET LOCAL synchronous_commit TO OFF"
+        assert claim[1].startswith('UPDATE "eventbus_handlerrun"')
+    else:
+        assert claim[0].startswith('UPDATE "eventbus_handlerrun"')
+    run.refresh_from_db()
+    assert run.status == RunStatus.DONE and run.attempts == 1
+    assert effects(event, "audit") == 1
 
 
 def test_a_run_whose_handler_is_gone_is_dead_with_a_clear_error():
