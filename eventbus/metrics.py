@@ -42,6 +42,8 @@ logger = logging.getLogger("eventbus")
 
 FLUSH_SECONDS = 1.0
 """How often a process in multiprocess mode writes its pending counts."""
+RETIRE_SECONDS = 600.0
+"""A dispatcher's tally that counted nothing for this long is dropped (see ``flush``)."""
 BACKLOG_TIMEOUT = 10.0
 """Seconds a scrape waits for the backlog's queries before it goes without them."""
 
@@ -233,22 +235,27 @@ class Metrics(Recorder):
         settings = conf.get_settings()
         published: list[tuple[CatalogEntry, int]] = []
         runs: dict[str, int] = {}
+        now = time.monotonic()
         with self._lock:
-            # A tally idle for a whole flush is retired, and read once more at the next
-            # (a bump may come late), so that tuples of handlers that are gone go too.
-            retired, self._retired = self._retired, []
-            for tally in retired:
+            # Tallies of tuples of handlers that are gone (subscriptions changed) would
+            # stay forever: one idle for RETIRE_SECONDS leaves its dict, and is read for
+            # RETIRE_SECONDS more, for a thread that took it from the dict just before.
+            kept = []
+            for tally in self._retired:
                 self._spread(tally.of, tally.take(), published, runs)
+                if now - tally.idle_since < 2 * RETIRE_SECONDS:
+                    kept.append(tally)
+            self._retired = kept
             every: tuple[dict[Any, _Tally], ...] = (self._published, self._dispatched)
             for tallies in every:
                 for key, tally in list(tallies.items()):
                     count = tally.take()
                     if count:
                         self._spread(tally.of, count, published, runs)
-                    elif tally.idle:
+                        tally.idle_since = now
+                    elif now - tally.idle_since > RETIRE_SECONDS:
                         del tallies[key]
                         self._retired.append(tally)
-                    tally.idle = not count
         for entry, count in published:
             self.events_published.labels(type=entry.name).inc(count)
             if settings.LOG and entry.spec.log:
@@ -333,7 +340,7 @@ class _Tally:
     """A count that threads bump without a lock: ``next()`` on an ``itertools.count`` is
     one atomic step. The flush reads it with ``next()`` too, keeping its reads apart."""
 
-    __slots__ = ("_count", "_flushed", "_reads", "bump", "idle", "of")
+    __slots__ = ("_count", "_flushed", "_reads", "bump", "idle_since", "of")
 
     def __init__(self, of: Any) -> None:
         self.of = of
@@ -341,7 +348,7 @@ class _Tally:
         self.bump = self._count.__next__
         self._reads = 0
         self._flushed = 0
-        self.idle = False
+        self.idle_since = time.monotonic()  # when it was last seen counting
 
     def take(self) -> int:
         """How many bumps since the last take (the flush's, under its lock)."""

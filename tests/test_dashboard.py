@@ -18,7 +18,7 @@ from eventbus.models import DeliveryStatus, EventRecord, HandlerFailure, Handler
 from tests.fixtures_services import AsgiServerFactory
 from tests.test_admin import SCREENSHOT_DIR, assert_no_overflow, open_at_1280
 
-pytestmark = pytest.mark.django_db
+pytestmark = [pytest.mark.django_db, pytest.mark.db_heavy]
 
 DASHBOARD = "admin:eventbus_eventrecord_dashboard"
 NOW = datetime(2026, 11, 30, 12, 0, 30, tzinfo=UTC)

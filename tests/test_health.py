@@ -24,7 +24,7 @@ from eventbus.health import Thresholds, check_health, health_view
 from eventbus.ids import uuid7
 from eventbus.models import DeliveryStatus, EventRecord, HandlerRun, RunStatus
 
-pytestmark = pytest.mark.django_db
+pytestmark = [pytest.mark.django_db, pytest.mark.db_heavy]
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 

@@ -181,6 +181,24 @@ def test_counts_of_threads_publishing_at_once_are_exact(read):
     assert read("eventbus_events_published_total", type="order.placed") - before == 80_000
 
 
+def test_the_tally_of_handlers_that_are_gone_is_dropped_without_losing_a_count(read, monkeypatch):
+    from eventbus.inspection import Handler
+
+    recorder = process_metrics()
+    monkeypatch.setattr(metrics, "RETIRE_SECONDS", 0.0)
+    handlers = (Handler(func=ok, name="tests.gone", is_async=False, wants_payload=False),)
+    before = read("eventbus_handler_runs_total", handler="tests.gone")
+    recorder.dispatched(handlers)
+    tally = recorder._dispatched[id(handlers)]
+    recorder.flush()
+    time.sleep(0.01)
+    recorder.flush()  # idle since the last count: it leaves the dispatcher's dict
+    assert id(handlers) not in recorder._dispatched
+    tally.bump()  # a thread that took it from the dict just before
+    assert read("eventbus_handler_runs_total", handler="tests.gone") - before == 2
+    assert tally not in recorder._retired  # read once more, then gone
+
+
 # -- the relay and the durable runs ------------------------------------------------------
 
 
@@ -404,6 +422,7 @@ def sample(families: dict[str, Any], name: str, **labels: str) -> float | None:
     return None
 
 
+@pytest.mark.db_heavy
 @pytest.mark.django_db(transaction=True)
 def test_the_view_serves_the_counts_and_the_backlog_read_from_the_database(sink):
     publish = get_event_dispatcher().publish

@@ -200,6 +200,7 @@ def test_the_relays_retry_links_to_each_events_trace(dispatcher, spans, sink):
     assert linked == {(s.context.trace_id, s.context.span_id) for s in publishes}
 
 
+@pytest.mark.db_heavy
 @pytest.mark.django_db
 def test_a_durable_run_in_a_worker_joins_the_publishers_trace(
     spans, django_capture_on_commit_callbacks
