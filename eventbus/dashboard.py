@@ -21,7 +21,7 @@ from django.utils import timezone
 from django.utils.safestring import SafeString
 
 from .charts import OTHER, PALETTE, Series, bar_chart
-from .metrics import get_metrics, multiprocess_dir
+from .metrics import Metrics, get_metrics, multiprocess_dir, off_reason
 from .models import DeliveryStatus, EventRecord, HandlerFailure, HandlerRun, RunStatus
 
 TOP_TYPES = 6
@@ -214,22 +214,19 @@ def live_numbers() -> Live:
     """Sockets and totals from the metrics: every process's when they share a
     ``PROMETHEUS_MULTIPROC_DIR``, else this process's only."""
     metrics = get_metrics()
-    if not metrics.enabled:
-        from .metrics import _off_reason
-
-        return Live(False, why=_off_reason().strip())
-    metrics.flush()
+    if not isinstance(metrics, Metrics):
+        return Live(False, why=off_reason().strip())
     path = multiprocess_dir()
+    families: Iterable[Any]
     if path is not None:
         from prometheus_client.multiprocess import MultiProcessCollector
 
-        families: Iterable[Any] = MultiProcessCollector(None, path=path).collect()  # type: ignore[no-untyped-call]
+        metrics.flush()
+        collector = MultiProcessCollector(None, path=path)  # type: ignore[no-untyped-call]
+        families = collector.collect()  # type: ignore[no-untyped-call]
         scope = "every process writing to PROMETHEUS_MULTIPROC_DIR"
     else:
-        from prometheus_client import REGISTRY
-
-        wanted = {name for name, _ in LIVE_ROWS}
-        families = [f for f in REGISTRY.collect() if f.name in wanted]
+        families = metrics.metric_families(name for name, _ in LIVE_ROWS)
         scope = "this server process only (set PROMETHEUS_MULTIPROC_DIR to see all of them)"
     numbers: dict[str, float] = dict.fromkeys((name for name, _ in LIVE_ROWS), 0.0)
     for family in families:

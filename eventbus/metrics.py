@@ -200,7 +200,7 @@ class Metrics(Recorder):
         )
         REGISTRY.register(BacklogCollector())
         os.register_at_fork(after_in_child=self._forked)
-        atexit.register(self.flush)
+        atexit.register(self._flush_at_exit)
         if self._multiprocess:  # the scrape is in another process: write every second
             self._start_flusher()
 
@@ -275,6 +275,13 @@ class Metrics(Recorder):
         else:
             published.append((of, count))
 
+    def _flush_at_exit(self) -> None:
+        # In multiprocess mode the last second's counts are written only here.
+        try:
+            self.flush()
+        except Exception:
+            logger.exception("Could not write eventbus's metrics at exit")
+
     def _start_flusher(self) -> None:
         threading.Thread(target=self._flush_forever, name="eventbus-metrics", daemon=True).start()
 
@@ -292,6 +299,20 @@ class Metrics(Recorder):
         self._published, self._dispatched, self._retired = {}, {}, []
         if self._multiprocess:
             self._start_flusher()
+
+    def metric_families(self, names: Iterable[str]) -> list[Any]:
+        """This process's families of these names (flushed first), for the dashboard."""
+        from prometheus_client.metrics import MetricWrapperBase
+
+        self.flush()
+        wanted = set(names)
+        return [
+            family
+            for value in vars(self).values()
+            if isinstance(value, MetricWrapperBase)
+            for family in value.collect()
+            if family.name in wanted
+        ]
 
     # -- the rest: rare enough to go straight to Prometheus -------------------------------
 
@@ -480,7 +501,7 @@ def metrics_view(request: HttpRequest) -> HttpResponse:
     """
     metrics = get_metrics()
     if not metrics.enabled:
-        return HttpResponse(_off_reason(), status=503, content_type="text/plain; charset=utf-8")
+        return HttpResponse(off_reason(), status=503, content_type="text/plain; charset=utf-8")
     from prometheus_client.exposition import choose_encoder
 
     metrics.flush()
@@ -494,7 +515,7 @@ def serve(port: int, addr: str = "0.0.0.0") -> Any:
     metrics are off, and ``OSError`` when the port is taken."""
     metrics = get_metrics()
     if not metrics.enabled:
-        raise RuntimeError(_off_reason())
+        raise RuntimeError(off_reason())
     from prometheus_client import start_http_server
 
     server, _ = start_http_server(
@@ -519,7 +540,8 @@ class _Flushing:
         return self.registry.restricted_registry(names)
 
 
-def _off_reason() -> str:
+def off_reason() -> str:
+    """Why metrics are off, for the view and the dashboard."""
     if not conf.get_settings().METRICS:
         return "eventbus metrics are off: EVENTBUS['METRICS'] is False.\n"
     return 'eventbus metrics are off: install prometheus-client ("django-eventbus[metrics]").\n'
