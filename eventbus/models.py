@@ -8,7 +8,7 @@ from django.db import models
 from django.utils.translation import gettext_lazy as _
 
 from .catalog import catalog
-from .envelope import ActorType, Event
+from .envelope import ActorType, Event, parse_traceparent
 from .ids import key_text, parse_key
 
 
@@ -128,7 +128,8 @@ def event_from_columns(
             "payload": entry.read_payload(payload, payload_version),
             "correlation_id": correlation_id,
             "causation_id": causation_id,
-            "traceparent": traceparent or None,
+            # Checked as the JSON's is: a column edited by hand must not break a reader.
+            "traceparent": parse_traceparent(traceparent) if traceparent else None,
         }
     )
 

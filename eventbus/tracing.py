@@ -18,7 +18,6 @@ that hands the event to sockets in another process all continue the publisher's 
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from typing import TYPE_CHECKING, Any
@@ -33,8 +32,6 @@ if TYPE_CHECKING:
     from .inspection import Handler
     from .models import HandlerRun
 
-logger = logging.getLogger("eventbus")
-
 # OpenTelemetry's messaging conventions name the system; the rest are eventbus's own.
 SYSTEM = "eventbus"
 MAX_LINKS = 128  # the SDK's default span limit: a relay batch links to at most this many
@@ -46,7 +43,6 @@ class Tracing:
     def __init__(self, provider: TracerProvider | None = None) -> None:
         from opentelemetry import trace
 
-        self._trace = trace
         self._current_span = trace.get_current_span
         self._tracer: Tracer = (provider or trace.get_tracer_provider()).get_tracer("eventbus")
 
@@ -68,14 +64,15 @@ class Tracing:
             kind=SpanKind.PRODUCER,
             attributes={
                 "messaging.system": SYSTEM,
-                "messaging.operation.type": "send",
+                # OpenTelemetry's word for making one message; its send is the hand-off.
+                "messaging.operation.type": "create",
                 "messaging.destination.name": event_type,
             },
         ) as span:
             yield PublishSpan(span, traceparent_of(span))
 
     def storing(self, event: Event[Any]) -> AbstractContextManager[Any]:
-        """The store span: the log row (and durable runs) inserted."""
+        """The store span: the event's log row inserted (``eventbus.log``)."""
         if not _sampled(event.traceparent):
             return nullcontext()
         return self._child("store", event)

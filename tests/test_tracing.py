@@ -296,6 +296,19 @@ def test_frames_without_a_traceparent_still_parse_and_bad_ones_are_ignored():
     assert parse_traceparent(TRACEPARENT.upper()) is None  # W3C: lowercase hex only
 
 
+@pytest.mark.django_db
+def test_a_row_keeps_its_traceparent_and_one_edited_by_hand_is_ignored(dispatcher):
+    with override_settings(EVENTBUS={"CATALOGS": [], "SINK": None}):
+        event = dispatcher.publish(ShopEvent.ORDER_DELETED, {"order_id": 1})
+    row = EventRecord.objects.get(id=event.id)
+    EventRecord.objects.filter(id=event.id).update(traceparent=TRACEPARENT)
+    row.refresh_from_db()
+    assert row.to_event().traceparent == TRACEPARENT
+    EventRecord.objects.filter(id=event.id).update(traceparent="not a trace")
+    row.refresh_from_db()
+    assert row.to_event().traceparent is None
+
+
 def test_cloudevents_carry_the_traceparent_of_the_tracing_extension():
     event = Event(type=ShopEvent.ORDER_DELETED, payload={"order_id": 1}, traceparent=TRACEPARENT)
     cloudevent = to_cloudevent(event)
