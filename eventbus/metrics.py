@@ -397,9 +397,8 @@ class BacklogCollector:
     """The backlog (``eventbus.backlog``) as gauges, read from the database at each scrape.
 
     The same numbers from every process that serves them: aggregate with ``max``. The
-    queries run on a thread of their own, whose connection is kept between scrapes:
-    a scrape served by prometheus-client's HTTP server never reaches Django's
-    request cycle, which would close it.
+    queries run on a thread of their own, which closes its connection as Django's request
+    cycle would: a scrape served by prometheus-client's HTTP server never passes there.
     """
 
     def describe(self) -> list[Any]:
@@ -461,8 +460,13 @@ def _read_backlog() -> Any:
 
     from .backlog import read_backlog
 
-    close_old_connections()  # a broken or too old connection is replaced, as per request
-    return read_backlog()
+    # Connections closed around it, as Django does around a request (CONN_MAX_AGE keeps
+    # one open between scrapes, where the project asks for that).
+    close_old_connections()
+    try:
+        return read_backlog()
+    finally:
+        close_old_connections()
 
 
 _reader: tuple[int, ThreadPoolExecutor] | None = None

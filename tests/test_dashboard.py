@@ -18,7 +18,9 @@ from eventbus.models import DeliveryStatus, EventRecord, HandlerFailure, Handler
 from tests.fixtures_services import AsgiServerFactory
 from tests.test_admin import SCREENSHOT_DIR, assert_no_overflow, open_at_1280
 
-pytestmark = [pytest.mark.django_db, pytest.mark.db_heavy]
+# The charts' queries differ by database: they run on PostgreSQL too (db_heavy). The
+# browser test does not: a server process's session outlives it there, as test_admin's.
+pytestmark = pytest.mark.django_db
 
 DASHBOARD = "admin:eventbus_eventrecord_dashboard"
 NOW = datetime(2026, 11, 30, 12, 0, 30, tzinfo=UTC)
@@ -50,6 +52,7 @@ def bar_at(svg: str, label: str) -> list[str]:
 HOUR = Window(NOW.replace(second=0) + timedelta(minutes=1), 1, 60)
 
 
+@pytest.mark.db_heavy
 def test_traffic_counts_events_per_minute_by_type_the_rest_as_other():
     five_ago = NOW - timedelta(minutes=5)
     for _ in range(3):
@@ -71,6 +74,7 @@ def test_traffic_counts_events_per_minute_by_type_the_rest_as_other():
     assert 'class="eventbus-legend"' in svg and "other (3 types)" in svg
 
 
+@pytest.mark.db_heavy
 def test_the_day_shows_events_per_minute_in_15_minute_bars():
     day = Window(HOUR.end, 15, 96)
     start = day.start + timedelta(minutes=15 * 90)
@@ -83,6 +87,7 @@ def test_the_day_shows_events_per_minute_in_15_minute_bars():
     assert tips == {(f"{timezone.localtime(start):%H:%M}", "order.placed: 2 events/min")}
 
 
+@pytest.mark.db_heavy
 def test_lag_is_how_long_each_minutes_events_waited_for_the_sink():
     sent = NOW - timedelta(minutes=10)
     record(at=sent, delivered_at=sent + timedelta(seconds=4))
@@ -96,6 +101,7 @@ def test_lag_is_how_long_each_minutes_events_waited_for_the_sink():
     assert tip[1:] == ["still pending: 120 s"]
 
 
+@pytest.mark.db_heavy
 def test_failures_and_dead_runs_per_hour():
     day = Window(HOUR.end, 60, 24)
     hour_ago = NOW - timedelta(minutes=90)
@@ -130,6 +136,7 @@ def test_live_numbers_come_from_this_process_or_every_process(tmp_path, monkeypa
     assert live.numbers["eventbus_websocket_connections"] == 0
 
 
+@pytest.mark.db_heavy
 def test_the_page_is_linked_from_the_log_and_shows_each_chart(admin_client):
     record(at=timezone.now())
     record(at=timezone.now() - timedelta(minutes=3), status=DeliveryStatus.FAILED)
@@ -163,6 +170,7 @@ def test_the_page_needs_the_view_permission(client, django_user_model):
     assert client.get(reverse(DASHBOARD)).status_code == 403
 
 
+@pytest.mark.db_heavy
 def test_the_page_reads_a_fixed_number_of_queries(admin_client, django_assert_max_num_queries):
     for n in range(50):
         record(f"type.{n % 9}", timezone.now() - timedelta(minutes=n))
