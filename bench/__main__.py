@@ -31,6 +31,8 @@ RUNS: list[tuple[str, list[str]]] = [
     ("bench.async_dispatch", []),
     ("bench.logged_publish", ["--db", "sqlite"]),
     ("bench.logged_publish", ["--db", "postgres"]),
+    ("bench.observability", ["--db", "sqlite"]),
+    ("bench.observability", ["--db", "postgres"]),
     ("bench.relay_redis", ["--layer", "core"]),
     ("bench.relay_redis", ["--layer", "pubsub"]),
     ("bench.replay", ["--db", "sqlite"]),

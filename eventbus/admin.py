@@ -302,10 +302,26 @@ class EventRecordAdmin(_ReadOnlyAdmin):
 
     def get_urls(self) -> list[URLPattern]:
         catalog_view = self.admin_site.admin_view(self.catalog_view)
+        dashboard_view = self.admin_site.admin_view(self.dashboard_view)
         return [
             path("catalog/", catalog_view, name="eventbus_eventrecord_catalog"),
+            path("dashboard/", dashboard_view, name="eventbus_eventrecord_dashboard"),
             *super().get_urls(),
         ]
+
+    def dashboard_view(self, request: HttpRequest) -> TemplateResponse:
+        """Delivery at a glance: traffic, lag, failures and sockets (eventbus.dashboard)."""
+        if not self.has_view_permission(request):
+            raise PermissionDenied
+        from . import dashboard
+
+        context = {
+            **self.admin_site.each_context(request),
+            "opts": self.model._meta,
+            "title": _("Delivery dashboard"),
+            **dashboard.context(),
+        }
+        return TemplateResponse(request, "admin/eventbus/dashboard.html", context)
 
     def catalog_view(self, request: HttpRequest) -> TemplateResponse:
         """Every event type: version, model, flags, handlers, count in the log, schema, example."""

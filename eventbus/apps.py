@@ -9,6 +9,7 @@ class EventBusConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self) -> None:
+        from . import metrics, tracing
         from .catalog import catalog
         from .checks import register_checks
         from .conf import get_settings
@@ -21,7 +22,18 @@ class EventBusConfig(AppConfig):
         register_checks()
         settings = get_settings()
         catalog.load(settings.CATALOGS)
+        # Measured or not is decided here, once: off, the dispatcher holds None and the
+        # rest of eventbus a recorder that does nothing.
+        meter = metrics.load()
+        metrics.set_metrics(meter)
+        spans = tracing.load()
+        tracing.set_tracing(spans)
         stages = Stages(
-            store=EventLog(), hand_off=Relay(), runs=Runs(), record_failure=record_failure
+            store=EventLog(),
+            hand_off=Relay(),
+            runs=Runs(),
+            record_failure=record_failure,
+            metrics=meter,
+            tracing=spans,
         )
         get_event_dispatcher().start(settings.HANDLER_MODULES, stages)

@@ -6,6 +6,7 @@ Every id is defined here, once, and never reused. The checks are registered by
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from typing import Any
 
@@ -38,6 +39,8 @@ E015 = "eventbus.E015"  # WS_ALLOWED_ORIGINS is not a list of origins
 E016 = "eventbus.E016"  # a durable handler's event type is not logged
 E017 = "eventbus.E017"  # durable handlers, but no task framework or backend to run them
 E018 = "eventbus.E018"  # a payload version without an upcaster path to the current one
+E019 = "eventbus.E019"  # a HEALTH_MAX_* count is not a whole number of 0 or more
+E020 = "eventbus.E020"  # metrics on, PROMETHEUS_MULTIPROC_DIR not a writable directory
 W001 = "eventbus.W001"  # CATALOGS is empty
 W002 = "eventbus.W002"  # a payload model is not frozen
 W003 = "eventbus.W003"  # no AUTHORIZE hook
@@ -74,7 +77,10 @@ _NUMBERS = (
     "WS_REPLAY_EVENTS_PER_MINUTE",
     "WS_SUBSCRIBE_TIMEOUT",
     "WS_ANONYMOUS_MAX_FORBIDDEN",
+    "HEALTH_MAX_LAG",
 )
+# Counts that may be 0 (nothing of it is healthy).
+_COUNTS = ("HEALTH_MAX_DEAD_RUNS", "HEALTH_MAX_FAILED_EVENTS", "HEALTH_MAX_RETRYING")
 
 
 def register_checks() -> None:
@@ -100,6 +106,8 @@ def check_eventbus(
             check_sink,
             check_router,
             check_numbers,
+            check_counts,
+            check_metrics_dir,
             check_origins,
             check_server_message_size,
         )
@@ -535,6 +543,48 @@ def check_numbers(
                 )
             )
     return messages
+
+
+def check_counts(
+    app_configs: Sequence[AppConfig] | None = None, **kwargs: Any
+) -> list[CheckMessage]:
+    if not _settings_usable():
+        return []
+    settings = conf.get_settings()
+    messages: list[CheckMessage] = []
+    for name in _COUNTS:
+        value = getattr(settings, name)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            messages.append(
+                Error(
+                    f"EVENTBUS[{name!r}] must be a whole number of 0 or more, not {value!r}.",
+                    hint="It is how many are still healthy; 0 means none (the default).",
+                    id=E019,
+                )
+            )
+    return messages
+
+
+def check_metrics_dir(
+    app_configs: Sequence[AppConfig] | None = None, **kwargs: Any
+) -> list[CheckMessage]:
+    """prometheus-client writes every count of multiprocess mode to that directory."""
+    from .metrics import get_metrics, multiprocess_dir
+
+    path = multiprocess_dir()
+    if path is None or not get_metrics().enabled:
+        return []
+    if os.path.isdir(path) and os.access(path, os.W_OK | os.X_OK):
+        return []
+    return [
+        Error(
+            f"PROMETHEUS_MULTIPROC_DIR is {path!r}, which is not a writable directory: "
+            "prometheus-client's multiprocess mode writes every process's counts there.",
+            hint="Create it (empty) before the processes start, writable by all of them; or "
+            "unset it for one process, or set EVENTBUS['METRICS'] = False.",
+            id=E020,
+        )
+    ]
 
 
 def check_origins(

@@ -79,6 +79,17 @@ class EventBusSettings:
     WS_SUBSCRIBE_TIMEOUT: float = 60.0
     # Forbidden subscribes an anonymous socket with no subscription may make.
     WS_ANONYMOUS_MAX_FORBIDDEN: int = 3
+    # Monitoring (eventbus/metrics.py, tracing.py, health.py). Metrics and spans are on
+    # when their optional package is installed, unless turned off here; read at start-up.
+    METRICS: bool = True
+    TRACING: bool = True
+    # What eventbus_health and the health view call unhealthy: relay lag over this many
+    # seconds, or more than this many dead durable runs, failed events, or events whose
+    # last send failed and that wait for a retry.
+    HEALTH_MAX_LAG: float = 60.0
+    HEALTH_MAX_DEAD_RUNS: int = 0
+    HEALTH_MAX_FAILED_EVENTS: int = 0
+    HEALTH_MAX_RETRYING: int = 0
     unknown_keys: tuple[str, ...] = field(default=())
 
 

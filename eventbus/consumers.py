@@ -28,6 +28,7 @@ from .exceptions import InvalidChannelError
 from .fanout import get_fanout
 from .ids import parse_uuid
 from .limits import Bucket, client_key, get_client_limits
+from .metrics import get_metrics
 from .reconnect import is_connection_error
 from .replay import Replay, load_replay
 from .sendqueue import SendQueue
@@ -131,6 +132,7 @@ class EventStreamConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
             return
         self.limit_key: tuple[str, str] | None = key
         get_access_watch().add(self)
+        get_metrics().socket_opened()
         # A timer, not a task: it costs an idle socket less.
         self._idle_timer: asyncio.TimerHandle | None = asyncio.get_running_loop().call_later(
             self.settings.WS_SUBSCRIBE_TIMEOUT, self._never_subscribed
@@ -146,6 +148,7 @@ class EventStreamConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
         if (key := getattr(self, "limit_key", None)) is not None:
             self.limit_key = None
             get_client_limits().release(key)
+            get_metrics().socket_closed()  # counted open with its limit_key
         if (timer := getattr(self, "_idle_timer", None)) is not None:
             timer.cancel()
         get_access_watch().remove(self)
@@ -165,6 +168,7 @@ class EventStreamConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
             return
         try:
             if not self.frame_bucket.take():
+                get_metrics().rate_limited("frames")
                 raise _FrameError(
                     "rate_limited",
                     f"At most {self.settings.WS_FRAMES_PER_MINUTE} frames a minute.",
@@ -191,6 +195,7 @@ class EventStreamConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
                 await self._send_frame({"type": "pong"})
             elif action == "subscribe":
                 if not self.subscribe_bucket.take():
+                    get_metrics().rate_limited("subscribes")
                     raise _FrameError(
                         "rate_limited",
                         f"At most {self.settings.WS_SUBSCRIBES_PER_MINUTE} subscribes a minute.",
@@ -259,6 +264,7 @@ class EventStreamConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
         if after is None and since is None:
             replay = Replay(head.epoch, head.position, head.position)
         elif not budget.take():  # this client replayed its share lately: it reloads instead
+            get_metrics().rate_limited("replays")
             replay = Replay(head.epoch, head.position, head.position, reset="replay_limited")
         else:
             async with get_client_limits().replay_turn(key):
@@ -272,6 +278,8 @@ class EventStreamConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
                     self.settings.RESUME_MAX_EVENTS,
                 )
             budget.spend(max(0, replay.position - replay.start - 1))
+            if replay.reset is None:
+                get_metrics().replayed(len(replay.frames))
         state.position = replay.position
         await self._send_frame(
             {
@@ -283,6 +291,7 @@ class EventStreamConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
             }
         )
         if replay.reset is not None:
+            get_metrics().reset(replay.reset)
             await self._send_frame(
                 _reset_frame(channel, replay.reset, replay.epoch, replay.position)
             )
@@ -293,6 +302,7 @@ class EventStreamConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
         if state.overflowed:  # too much arrived during the replay: the client reloads
             current = self.fanout.cursor.at(channel) or head
             state.position = current.position
+            get_metrics().reset("too_many_missed")
             self.send_queue.offer(
                 frame_json(
                     _reset_frame(channel, "too_many_missed", current.epoch, current.position)
@@ -334,6 +344,7 @@ class EventStreamConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
             return
         channel = message["channel"]
         state.position = message["position"]
+        get_metrics().reset(message["reason"])
         self.send_queue.offer(
             frame_json(
                 _reset_frame(channel, message["reason"], message["epoch"], message["position"])
@@ -359,6 +370,7 @@ class EventStreamConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
         # Leave the groups first: the close handshake cannot finish while it does not read.
         await self._leave_all()
         if stalled:
+            get_metrics().socket_too_slow()
             # It reconnects with `since`, and the event log fills the gap.
             logger.warning("Closing a WebSocket of %s: the client stopped reading", self.user)
             with contextlib.suppress(Exception):

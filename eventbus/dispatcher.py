@@ -8,9 +8,10 @@
 or what is over ``MAX_PAYLOAD_BYTES``, in every dispatcher); *store* writes the log
 row in the publisher's transaction; after the commit, *hand off* gives the event to
 the relay, then the handlers run and ``event_published`` is sent. The store and
-hand-off stages, and where handler failures go, are the dispatcher's
-:class:`Stages`, wired by ``AppConfig.ready()``; a bare ``EventDispatcher()`` has
-none of them. ``apublish()`` takes the same stages through their async twins.
+hand-off stages, where handler failures go, and what is measured (metrics, spans) are
+the dispatcher's :class:`Stages`, wired by ``AppConfig.ready()``; a bare
+``EventDispatcher()`` has none of them. ``apublish()`` takes the same stages through
+their async twins.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
-from typing import Any, Protocol, Unpack
+from typing import TYPE_CHECKING, Any, Protocol, Unpack
 from uuid import UUID
 
 from asgiref.sync import async_to_sync, sync_to_async
@@ -38,6 +39,9 @@ from .exceptions import EventBusError, InvalidHandlerError, UnknownEventTypeErro
 from .inspection import Handler, HandlerFunc, dotted_name, inspect_handler
 from .signals import event_published
 from .wire import payload_json
+
+if TYPE_CHECKING:
+    from .tracing import Tracing
 
 logger = logging.getLogger("eventbus")
 
@@ -79,14 +83,30 @@ class RunsStage(Protocol):
     def enqueue(self, run_ids: Sequence[UUID]) -> None: ...
 
 
+class Meter(Protocol):
+    """What the dispatcher counts (``eventbus.metrics``); each call must be cheap."""
+
+    def published(self, entry: CatalogEntry) -> None: ...
+
+    def dispatched(self, handlers: tuple[Handler, ...]) -> None: ...
+
+    def handler_failed(self, handler: str) -> None: ...
+
+
 @dataclass(frozen=True)
 class Stages:
-    """What a dispatcher does around validation and dispatch; each stage is optional."""
+    """What a dispatcher does around validation and dispatch; each stage is optional.
+
+    ``metrics`` and ``tracing`` are None when they are off, so that an event pays one
+    test for each (decided at start-up, eventbus/apps.py).
+    """
 
     store: Store | None = None
     hand_off: HandOff | None = None
     runs: RunsStage | None = None
     record_failure: FailureRecorder | None = None
+    metrics: Meter | None = None
+    tracing: Tracing | None = None
 
 
 @dataclass(frozen=True)
@@ -306,7 +326,24 @@ class EventDispatcher:
                 "publish() was called from async code, where it would block the event loop "
                 "on the database: use 'await apublish(...)'."
             )
-        event, entry, payload_bytes = self._validate(event_type, payload, envelope)
+        tracing = self.stages.tracing
+        if tracing is None or not tracing.in_recorded_trace():
+            return self._publish(event_type, payload, immediate, using, envelope, None)
+        with tracing.publishing(self.catalog.resolve(event_type).name) as span:
+            event = self._publish(event_type, payload, immediate, using, envelope, span.traceparent)
+            span.describe(event)
+            return event
+
+    def _publish(
+        self,
+        event_type: object,
+        payload: BaseModel | Mapping[str, Any],
+        immediate: bool,
+        using: str | None,
+        envelope: EnvelopeFields,
+        traceparent: str | None,
+    ) -> Event[Any]:
+        event, entry, payload_bytes = self._validate(event_type, payload, envelope, traceparent)
         durable = self._durable.get(entry.name)
         if durable:
             run_ids = self._store_with_runs(event, entry, payload_bytes, using, durable)
@@ -338,7 +375,23 @@ class EventDispatcher:
         (see :meth:`drain`); sync handlers run in a worker thread and are awaited.
         Async code has no open transaction, so the event counts as committed once stored.
         """
-        event, entry, payload_bytes = self._validate(event_type, payload, envelope)
+        tracing = self.stages.tracing
+        if tracing is None or not tracing.in_recorded_trace():
+            return await self._apublish(event_type, payload, using, envelope, None)
+        with tracing.publishing(self.catalog.resolve(event_type).name) as span:
+            event = await self._apublish(event_type, payload, using, envelope, span.traceparent)
+            span.describe(event)
+            return event
+
+    async def _apublish(
+        self,
+        event_type: object,
+        payload: BaseModel | Mapping[str, Any],
+        using: str | None,
+        envelope: EnvelopeFields,
+        traceparent: str | None,
+    ) -> Event[Any]:
+        event, entry, payload_bytes = self._validate(event_type, payload, envelope, traceparent)
         durable = self._durable.get(entry.name)
         run_ids: list[UUID] = []
         if durable:
@@ -349,6 +402,8 @@ class EventDispatcher:
             await self.stages.store.astore(event, entry, payload_bytes, using)
         for observer in self._observers:
             observer(event)
+        if self.stages.metrics is not None:
+            self.stages.metrics.published(entry)
         if self.stages.hand_off is not None:
             await self.stages.hand_off.ahand_off(event, entry)
         if run_ids and self.stages.runs is not None:
@@ -357,11 +412,15 @@ class EventDispatcher:
         return event
 
     def _validate(
-        self, event_type: object, payload: object, envelope: EnvelopeFields
+        self,
+        event_type: object,
+        payload: object,
+        envelope: EnvelopeFields,
+        traceparent: str | None = None,
     ) -> tuple[Event[Any], CatalogEntry, bytes]:
         """The validate stage: the event, its catalog entry and its payload's JSON."""
         entry = self.catalog.resolve(event_type)
-        event = new_event(entry, validate_payload(entry, payload), envelope)
+        event = new_event(entry, validate_payload(entry, payload), envelope, traceparent)
         return event, entry, payload_json(event)
 
     def _store_with_runs(
@@ -387,6 +446,8 @@ class EventDispatcher:
     def _committed(self, event: Event[Any], entry: CatalogEntry, run_ids: list[UUID]) -> None:
         # Hand off before the handlers run, so the events they publish follow this one
         # out of the process too: live order and sequence numbers keep cause before effect.
+        if self.stages.metrics is not None:
+            self.stages.metrics.published(entry)
         if self.stages.hand_off is not None:
             self.stages.hand_off.hand_off(event, entry)
         if run_ids and self.stages.runs is not None:
@@ -399,7 +460,7 @@ class EventDispatcher:
         """Run the handlers of ``event`` now, from sync code, then send the signal."""
         token = _current_event.set(event)
         try:
-            for handler in self._handlers.get(event.type.value, ()):
+            for handler in self._handlers_of(event):
                 if handler.is_async:
                     self._run_async_from_sync(handler, event)
                     continue
@@ -417,7 +478,7 @@ class EventDispatcher:
         token = _current_event.set(event)
         try:
             sync_handlers = []
-            for handler in self._handlers.get(event.type.value, ()):
+            for handler in self._handlers_of(event):
                 if handler.is_async:
                     self._spawn(handler, event)
                 else:
@@ -426,6 +487,17 @@ class EventDispatcher:
                 await sync_to_async(self._run_sync, thread_sensitive=True)(event, sync_handlers)
         finally:
             _current_event.reset(token)
+
+    def _handlers_of(self, event: Event[Any]) -> tuple[Handler, ...]:
+        """The in-process handlers to run on ``event``, counted, each in its span when the
+        event's trace is sampled."""
+        handlers = self._handlers.get(event.type.value, ())
+        stages = self.stages
+        if stages.metrics is not None and handlers:
+            stages.metrics.dispatched(handlers)
+        if stages.tracing is not None and event.traceparent is not None:
+            return stages.tracing.handlers(event, handlers)
+        return handlers
 
     def _run_sync(self, event: Event[Any], handlers: list[Handler]) -> None:
         for handler in handlers:
@@ -470,6 +542,8 @@ class EventDispatcher:
             exc_info=exc,
             extra={"event_id": str(event.id), "event_type": event.type.value, "handler": handler},
         )
+        if self.stages.metrics is not None:
+            self.stages.metrics.handler_failed(handler)
         record = self.stages.record_failure
         if record is not None:
             try:

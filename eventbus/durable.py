@@ -21,7 +21,7 @@ import functools
 import logging
 import traceback
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, cast
@@ -39,7 +39,9 @@ from .exceptions import EventBusError
 from .ids import uuid7
 from .inspection import Handler
 from .log import is_logged
+from .metrics import get_metrics
 from .models import EVENT_COLUMNS, EventRecord, HandlerRun, RunStatus, event_from_columns
+from .tracing import get_tracing
 
 if TYPE_CHECKING:
     from django.db.models import Field
@@ -195,8 +197,16 @@ def execute(run_id: str, dispatcher: EventDispatcher | None = None, force: bool 
     - "retrying" / "dead": it raised; the run goes again after its backoff, or is dead;
     - "skipped: ...": nothing to do (already done or dead, or the row is gone).
 
-    ``force`` (``eventbus_replay --force``) runs a done run again.
+    ``force`` (``eventbus_replay --force``) runs a done run again. With tracing on, the
+    run is a span of the publisher's trace (the event's ``traceparent``).
     """
+    outcome, handler = _execute(run_id, dispatcher, force)
+    get_metrics().durable_run(handler, outcome)
+    return outcome
+
+
+def _execute(run_id: str, dispatcher: EventDispatcher | None, force: bool) -> tuple[str, str]:
+    """What :func:`execute` does, and the handler's name for the metrics."""
     if dispatcher is None:
         from .dispatcher import get_event_dispatcher
 
@@ -209,31 +219,52 @@ def execute(run_id: str, dispatcher: EventDispatcher | None = None, force: bool 
     # even if this worker dies before the end.
     claimed = _claim(sql, sql.claim_params(run_key, timezone.now(), force, connection), alias)
     if not claimed:
-        status = HandlerRun.objects.using(alias).filter(pk=run_id).values_list("status").first()
-        why = "the run no longer exists" if status is None else f"the run is {status[0]}"
+        row = (
+            HandlerRun.objects.using(alias)
+            .filter(pk=run_id)
+            .values_list("status", "handler")
+            .first()
+        )
+        why = "the run no longer exists" if row is None else f"the run is {row[0]}"
         logger.info("Durable run %s skipped: %s", run_id, why)
-        return f"skipped: {why}"
+        return f"skipped: {why}", "" if row is None else row[1]
     loaded = _load(sql, run_key, dispatcher, alias)
     if loaded.handler is None or loaded.event is None:
         _end(loaded.run, alias, dead=True, error=loaded.problem, trace="")
-        return "dead"
+        return "dead", loaded.run.handler
     run, handler, event = loaded.run, loaded.handler, loaded.event
-    try:
-        # Step 2: the done mark and the handler's writes, in one transaction. The mark
-        # comes first: it takes the row's lock, so a duplicate of this run waits here
-        # and then finds the run done.
-        with transaction.atomic(using=alias):
-            with connection.cursor() as cursor:
-                cursor.execute(sql.done, [RunStatus.DONE.value, run_key, RunStatus.RUNNING.value])
-                if not cursor.rowcount:
-                    return "skipped: another worker finished it"
-            with _running(run, event):
-                handler.func(handler.argument(event))
-            with connection.cursor() as cursor:
-                cursor.execute(sql.finish, [sql.moment(timezone.now(), connection), run_key])
-    except Exception as exc:
-        return _failed(run, event, exc, alias)
-    return "done"
+    tracing = get_tracing()
+    with nullcontext() if tracing is None else tracing.running(run, event):
+        try:
+            # Step 2: the done mark and the handler's writes, in one transaction. The mark
+            # comes first: it takes the row's lock, so a duplicate of this run waits here
+            # and then finds the run done.
+            with transaction.atomic(using=alias):
+                with connection.cursor() as cursor:
+                    cursor.execute(
+                        sql.done, [RunStatus.DONE.value, run_key, RunStatus.RUNNING.value]
+                    )
+                    if not cursor.rowcount:
+                        return "skipped: another worker finished it", run.handler
+                with _running(run, event):
+                    handler.func(handler.argument(event))
+                with connection.cursor() as cursor:
+                    cursor.execute(sql.finish, [sql.moment(timezone.now(), connection), run_key])
+        except Exception as exc:
+            _failed_span(exc)
+            return _failed(run, event, exc, alias), run.handler
+    return "done", run.handler
+
+
+def _failed_span(exc: Exception) -> None:
+    # The span ends normally (the run's failure is recorded, not raised): say it failed.
+    if get_tracing() is None:
+        return
+    from opentelemetry.trace import Status, StatusCode, get_current_span
+
+    span = get_current_span()
+    span.record_exception(exc)
+    span.set_status(Status(StatusCode.ERROR, f"{type(exc).__name__}: {exc}"))
 
 
 @contextmanager

@@ -10,6 +10,7 @@ defaults from :func:`_fill_defaults`, the one place that rule lives.
 from __future__ import annotations
 
 import enum
+import re
 from collections.abc import Mapping
 from contextvars import ContextVar
 from datetime import UTC, datetime
@@ -21,6 +22,7 @@ from pydantic import (
     BaseModel,
     BeforeValidator,
     ConfigDict,
+    Field,
     ValidationError,
     field_serializer,
     model_validator,
@@ -32,6 +34,22 @@ from .ids import ObjectKey, parse_key, parse_uuid, uuid7
 
 Key = Annotated[ObjectKey, BeforeValidator(parse_key)]
 """A project or actor key as the envelope holds it: a UUID, an int or a short string."""
+
+_TRACEPARENT = re.compile(r"00-(?!0{32})[0-9a-f]{32}-(?!0{16})[0-9a-f]{16}-[0-9a-f]{2}")
+
+
+def parse_traceparent(value: object) -> str | None:
+    """A W3C ``traceparent`` (version 00), or None for anything else.
+
+    The W3C rule: a receiver ignores a trace context it cannot read and starts anew, so
+    an event with a bad one still reads, without it.
+    """
+    if isinstance(value, str) and _TRACEPARENT.fullmatch(value):
+        return value
+    return None
+
+
+Traceparent = Annotated[str | None, BeforeValidator(parse_traceparent)]
 
 if TYPE_CHECKING:
     from .models import HandlerRun
@@ -95,6 +113,13 @@ class Event(BaseModel, Generic[PayloadT]):
     payload: PayloadT
     correlation_id: UUID
     causation_id: UUID | None = None
+    # The publisher's trace (eventbus.tracing); left out of the JSON when there is none,
+    # so events published without tracing read and write as before.
+    traceparent: Traceparent = Field(
+        default=None,
+        exclude_if=lambda value: value is None,
+        json_schema_extra={"pattern": "^00-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}$"},
+    )
 
     @model_validator(mode="before")
     @classmethod
@@ -198,10 +223,16 @@ def validate_payload(entry: CatalogEntry, payload: object) -> BaseModel:
         raise EventSchemaError.from_validation_error(entry.name, exc) from exc
 
 
-def new_event(entry: CatalogEntry, payload: BaseModel, fields: EnvelopeFields) -> Event[Any]:
+def new_event(
+    entry: CatalogEntry,
+    payload: BaseModel,
+    fields: EnvelopeFields,
+    traceparent: str | None = None,
+) -> Event[Any]:
     """A new event of ``entry`` around a validated payload (what ``publish()`` builds).
 
-    Raises :class:`EventSchemaError` naming each envelope field that is not valid.
+    ``traceparent`` is the publish span's (``eventbus.tracing``). Raises
+    :class:`EventSchemaError` naming each envelope field that is not valid.
     """
     project_id = fields.get("project_id")
     actor_id = fields.get("actor_id")
@@ -225,6 +256,7 @@ def new_event(entry: CatalogEntry, payload: BaseModel, fields: EnvelopeFields) -
             "payload": payload,
             "correlation_id": correlation_id,
             "causation_id": causation_id,
+            "traceparent": traceparent,
         }
     )
 

@@ -115,6 +115,7 @@ class _Schemas:
     defs: dict[str, dict[str, Any]]
     envelope: dict[str, Any]  # the envelope's properties but type and payload
     key: dict[str, Any]  # a project or actor key (not null)
+    optional: frozenset[str]  # envelope properties the JSON may leave out (traceparent)
 
     def payload_ref(self, entry: CatalogEntry) -> str:
         return _REF.format(model=self.payloads[entry.name])
@@ -130,7 +131,7 @@ class _Schemas:
             "description": f"An event of type {entry.name} (payload version "
             f"{entry.spec.version}), as wire.public_json() makes it.",
             "properties": properties,
-            "required": list(properties),
+            "required": [name for name in properties if name not in self.optional],
         }
 
 
@@ -155,6 +156,9 @@ def _schemas(event_catalog: Catalog | None, broadcast_only: bool = False) -> _Sc
         for name, prop in event_def["properties"].items()
         if name not in ("type", "payload")
     }
+    optional = frozenset(envelope) - set(event_def.get("required", ()))
+    # Left out when None (Event.traceparent): when it is there, it is a string.
+    envelope["traceparent"] = _not_null(envelope["traceparent"])
     key = {
         "anyOf": [part for part in envelope["project_id"]["anyOf"] if part.get("type") != "null"],
         "description": "A key: a UUID, an integer, or 1 to 64 letters, digits, '-' or '_'.",
@@ -186,7 +190,16 @@ def _schemas(event_catalog: Catalog | None, broadcast_only: bool = False) -> _Sc
         kept = {renames.get(name, name): _renamed(schema, renames) for name, schema in kept.items()}
         payloads = {event_type: renames.get(name, name) for event_type, name in payloads.items()}
         envelope = _renamed(envelope, renames)
-    return _Schemas(entries, payloads, kept, envelope, key)
+    return _Schemas(entries, payloads, kept, envelope, key, optional)
+
+
+def _not_null(schema: dict[str, Any]) -> dict[str, Any]:
+    """``schema`` without its ``null`` branch (``anyOf: [X, null]`` becomes ``X``)."""
+    branches = [part for part in schema.get("anyOf", ()) if part.get("type") != "null"]
+    if len(branches) != 1:
+        return schema
+    rest = {key: value for key, value in schema.items() if key not in ("anyOf", "default")}
+    return {**branches[0], **rest}
 
 
 def _without(schema: dict[str, Any], private: frozenset[str]) -> dict[str, Any]:
@@ -696,6 +709,8 @@ _EXTENSIONS = (
     ("projectid", "project_id"),
     ("actorid", "actor_id"),
     ("actortype", "actor_type"),
+    # The CloudEvents Distributed Tracing extension's attribute: the same W3C value.
+    ("traceparent", "traceparent"),
 )
 _JSON_CONTENT_TYPE = re.compile(r"(application|text)/([A-Za-z0-9.+-]+\+)?json(;.*)?\Z")
 
@@ -706,8 +721,9 @@ def to_cloudevent(event: Event[Any], *, source: str = DEFAULT_SOURCE) -> dict[st
     ``data`` is the public payload: the type's private fields are left out, as on every
     other way out of the process. ``source`` is a URI-reference naming the producer.
     The envelope's other fields are the extension attributes ``correlationid``,
-    ``causationid``, ``projectid``, ``actorid`` and ``actortype``; those that are None
-    are left out. Raises :class:`InvalidCloudEventError` for an empty ``source``.
+    ``causationid``, ``projectid``, ``actorid``, ``actortype`` and ``traceparent`` (the
+    Distributed Tracing extension's); those that are None are left out. Raises
+    :class:`InvalidCloudEventError` for an empty ``source``.
     """
     if not isinstance(source, str) or not source:
         raise InvalidCloudEventError(f"source must be a non-empty URI-reference, not {source!r}.")
@@ -722,7 +738,7 @@ def to_cloudevent(event: Event[Any], *, source: str = DEFAULT_SOURCE) -> dict[st
         "data": public["payload"],
     }
     for attribute, field_name in _EXTENSIONS:
-        if public[field_name] is not None:
+        if public.get(field_name) is not None:
             cloudevent[attribute] = public[field_name]
     return cloudevent
 
@@ -784,6 +800,7 @@ def from_cloudevent(cloudevent: Mapping[str, Any]) -> Event[Any]:
         ("causationid", "causation_id"),
         ("projectid", "project_id"),
         ("actorid", "actor_id"),
+        ("traceparent", "traceparent"),
     ):
         fields[field_name] = cloudevent.get(attribute)
     # The event comes from elsewhere: it takes no chain from an event handled here.
@@ -852,6 +869,7 @@ def cloudevents_schema(event_catalog: Catalog | None = None) -> dict[str, Any]:
             "projectid": schemas.key,
             "actorid": schemas.key,
             "actortype": envelope["actor_type"],
+            "traceparent": envelope["traceparent"],
         }
         return {
             "type": "object",

@@ -26,8 +26,10 @@ from channels.layers import BaseChannelLayer
 from . import _redis
 from .cursor import RESET_TYPE, StreamCursor
 from .layers import FANOUT_CHANNEL_PREFIX
+from .metrics import get_metrics
 from .reconnect import RETRY_FIRST, is_connection_error, next_delay
 from .streams import Head
+from .tracing import get_tracing
 
 logger = logging.getLogger("eventbus.fanout")
 
@@ -43,6 +45,7 @@ class Member(Protocol):
 
 
 STOP_SECONDS = 5.0
+_ABSENT = object()
 
 
 class LocalFanout:
@@ -82,10 +85,10 @@ class LocalFanout:
         members = self._members.get(group)
         head = self.cursor.at(group)
         if members is not None and group in self._joined and head is not None:
-            members[member] = None
+            self._add(members, member)
             return head
         async with self._lock:
-            self._members.setdefault(group, {})[member] = None
+            self._add(self._members.setdefault(group, {}), member)
             try:
                 await self._start()
                 if group not in self._joined:
@@ -105,12 +108,18 @@ class LocalFanout:
             async with self._lock:
                 await self._leave_group_if_unused(group)
 
+    def _add(self, members: dict[Member, None], member: Member) -> None:
+        if member not in members:
+            members[member] = None
+            get_metrics().subscribed()
+
     def _discard(self, group: str, member: Member) -> bool:
         """Remove ``member`` at once; True when ``group`` has no local member left."""
         members = self._members.get(group)
         if members is None:
             return False
-        members.pop(member, None)
+        if members.pop(member, _ABSENT) is not _ABSENT:
+            get_metrics().unsubscribed()
         return not members
 
     async def _leave_group_if_unused(self, group: str) -> None:
@@ -177,8 +186,16 @@ class LocalFanout:
         members = self._members.get(message.get("channel", ""))
         if not members:
             return
+        tracing = get_tracing()
+        if tracing is not None and "traceparent" in message:
+            with tracing.delivering(message, len(members)):
+                self._hand(message, list(members))
+        else:
+            self._hand(message, list(members))
+
+    def _hand(self, message: dict[str, Any], members: list[Member]) -> None:
         reset = message.get("type") == RESET_TYPE
-        for member in list(members):
+        for member in members:
             try:
                 if reset:
                     member.on_reset(message)

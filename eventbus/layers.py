@@ -17,6 +17,8 @@ from collections import defaultdict
 from collections.abc import Sequence
 from typing import Any
 
+from .metrics import get_metrics
+
 logger = logging.getLogger("eventbus.layers")
 
 # Past this many messages, split the Lua call: Redis holds the whole argument list.
@@ -137,6 +139,7 @@ async def _core_group_send_many(layer: Any, sends: Sequence[tuple[str, dict[str,
         results = await pipe.execute()
         # What the scripts return: how many messages met a channel at capacity.
         if dropped := sum(int(result) for result in results[-scripts:]):
+            get_metrics().layer_dropped(dropped)
             logger.warning(
                 "%d message(s) dropped: their channel was at capacity (its reader is behind)",
                 dropped,

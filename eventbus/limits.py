@@ -18,6 +18,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from .access import is_authenticated
+from .metrics import get_metrics
 
 # Idle buckets (full again) are dropped once a process tracks this many clients.
 _PRUNE_AT = 1024
@@ -100,8 +101,10 @@ class ClientLimits:
                 self._prune()
             bucket = self.connects[key] = Bucket(connects_per_minute)
         if not bucket.take():
+            get_metrics().rate_limited("connects")
             return "reconnecting too fast"
         if self.open[key] >= max_open:
+            get_metrics().rate_limited("connections")
             return "too many connections"
         self.open[key] += 1
         return None

@@ -1,6 +1,7 @@
 """Writing the event log: one pending row per logged event, in the publisher's transaction.
 
 The dispatcher's store stage (wired by ``AppConfig.ready()``); nothing here runs at import.
+With tracing on, the insert is the publish span's ``store`` child.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from . import conf
 from .catalog import CatalogEntry
 from .envelope import Event
 from .models import EVENT_COLUMNS, EventRecord, event_to_columns
+from .tracing import get_tracing
 
 
 def is_logged(entry: CatalogEntry) -> bool:
@@ -32,16 +34,25 @@ class EventLog:
     ) -> None:
         """Insert the event's row in the current transaction of ``using``, if it is logged."""
         if is_logged(entry):
-            _insert(event, payload, using or router.db_for_write(EventRecord))
+            _traced_insert(event, payload, using or router.db_for_write(EventRecord))
 
     async def astore(
         self, event: Event[Any], entry: CatalogEntry, payload: bytes, using: str | None
     ) -> None:
         """Async twin of :meth:`store`: touches the database only when the event is logged."""
         if is_logged(entry):
-            await sync_to_async(_insert, thread_sensitive=True)(
+            await sync_to_async(_traced_insert, thread_sensitive=True)(
                 event, payload, using or router.db_for_write(EventRecord)
             )
+
+
+def _traced_insert(event: Event[Any], payload: bytes, using: str) -> None:
+    tracing = get_tracing()
+    if tracing is None or event.traceparent is None:
+        _insert(event, payload, using)
+        return
+    with tracing.storing(event):
+        _insert(event, payload, using)
 
 
 _INSERT_SQL: dict[str, str] = {}

@@ -8,7 +8,7 @@ from django.db import models
 from django.utils.translation import gettext_lazy as _
 
 from .catalog import catalog
-from .envelope import ActorType, Event
+from .envelope import ActorType, Event, parse_traceparent
 from .ids import key_text, parse_key
 
 
@@ -40,6 +40,8 @@ class EventRecord(models.Model):
     payload_version = models.PositiveIntegerField(default=1, db_default=1)
     correlation_id = models.UUIDField()
     causation_id = models.UUIDField(null=True, blank=True)
+    # The publisher's W3C trace context, so the relay and durable runs join its trace.
+    traceparent = models.CharField(max_length=55, blank=True, default="", db_default="")
 
     status = models.CharField(
         max_length=10, choices=DeliveryStatus.choices, default=DeliveryStatus.PENDING
@@ -90,6 +92,7 @@ EVENT_COLUMNS = (
     "correlation_id",
     "causation_id",
     "payload_version",
+    "traceparent",
 )
 
 
@@ -104,6 +107,7 @@ def event_from_columns(
     correlation_id: Any,
     causation_id: Any,
     payload_version: int = 1,
+    traceparent: str = "",
 ) -> Event[Any]:
     """An event from its row's values (``values_list(*EVENT_COLUMNS)`` gives them).
 
@@ -124,6 +128,8 @@ def event_from_columns(
             "payload": entry.read_payload(payload, payload_version),
             "correlation_id": correlation_id,
             "causation_id": causation_id,
+            # Checked as the JSON's is: a column edited by hand must not break a reader.
+            "traceparent": parse_traceparent(traceparent) if traceparent else None,
         }
     )
 
@@ -141,6 +147,7 @@ def event_to_columns(event: Event[Any], payload: Any) -> dict[str, Any]:
         "correlation_id": event.correlation_id,
         "causation_id": event.causation_id,
         "payload_version": catalog.resolve(event.type).spec.version,
+        "traceparent": event.traceparent or "",
     }
 
 

@@ -35,9 +35,11 @@ from .catalog import CatalogEntry
 from .channel_names import Positions, route
 from .envelope import Event
 from .log import is_logged
+from .metrics import get_metrics
 from .models import EVENT_COLUMNS, DeliveryStatus, EventRecord, event_from_columns
 from .sinks import Sink, load_sink, send_to
 from .streams import assign_positions, positions_of
+from .tracing import get_tracing
 
 logger = logging.getLogger("eventbus.relay")
 
@@ -116,7 +118,7 @@ class Relay:
             if report.failed:
                 return
         try:
-            await send_to(sink, [event], positions)
+            await _send(sink, [event], positions, "hand_off")
         except Exception as exc:
             logger.warning(
                 "Hand-off of event %s failed; the relay will retry: %s",
@@ -154,7 +156,7 @@ class Relay:
         try:
             if sink is None:
                 raise RuntimeError("EVENTBUS['SINK'] is None: nowhere to deliver to")
-            await send_to(sink, claimed.events, claimed.positions)
+            await _send(sink, claimed.events, claimed.positions, "relay")
         except Exception as exc:
             logger.warning("Relay could not deliver %d event(s): %s", len(ids), exc)
             outcome = await sync_to_async(self._complete, thread_sensitive=True)(ids, [], exc)
@@ -362,6 +364,23 @@ class Relay:
 
 
 _background = TaskSet()
+
+
+async def _send(
+    sink: Sink, events: Sequence[Event[Any]], positions: Mapping[UUID, Positions], path: str
+) -> None:
+    """One send to the sink, measured: ``path`` is ``hand_off`` or ``relay``."""
+    tracing = get_tracing()
+    try:
+        if tracing is None:
+            await send_to(sink, events, positions)
+        else:
+            with tracing.sending(events, path):
+                await send_to(sink, events, positions)
+    except Exception:
+        get_metrics().send_failed(path)
+        raise
+    get_metrics().delivered(len(events), path)
 
 
 def assign_sequences(ids: Iterable[UUID], using: str | None = None) -> None:

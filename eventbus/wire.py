@@ -85,7 +85,8 @@ def layer_message(
     """The channel-layer message that carries ``event`` (its public JSON) to ``channel``.
 
     id, event_type and the position on ``channel`` ride along so the fan-out and sockets
-    can order, filter and dedupe without parsing the event. No position: the event is
+    can order, filter and dedupe without parsing the event (and ``traceparent``, when the
+    event has one, so the fan-out's span joins its trace). No position: the event is
     not in the log (``EventSpec(log=False)``, ``EventBus.send``), so live only.
     """
     message: dict[str, Any] = {
@@ -97,6 +98,8 @@ def layer_message(
     }
     if position is not None:
         message["position"] = position
+    if event.traceparent is not None:
+        message["traceparent"] = event.traceparent
     return message
 
 

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
 # Runs the benchmark suite:  bash scripts/bench.sh [--quick] [--update-readme] [--only MODULE]
+# (--only observability: the cost of metrics and tracing on dispatch and logged publish)
 #
 # Uses the Python 3.12 virtualenv of the test command (.venv/py312, created when missing),
 # starts its own redis-server, ASGI server and db_worker processes on loopback, and needs

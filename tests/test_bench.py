@@ -52,6 +52,20 @@ def test_in_process_benchmarks_run(module, arguments):
     run_bench(module, *arguments)
 
 
+def test_observability_benchmark_runs():
+    rows = run_bench("bench.observability", "--db", "sqlite")
+    assert [r["bench"] for r in rows] == ["observability_dispatch"] * 2 + [
+        "observability_logged"
+    ] * 2
+    sampled_out, recorded = rows[0], rows[1]
+    assert sampled_out["target"] == "≤ 1.15×" and sampled_out["anchor_name"].endswith("off")
+    assert (
+        recorded["met"] is None
+        and recorded["limit"] > 0
+        and "bare SDK spans" in recorded["limit_name"]
+    )
+
+
 def test_replay_benchmark_runs():
     rows = run_bench("bench.replay")
     assert [r["rows"] for r in rows] == [10_000, 20_000]

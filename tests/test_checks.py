@@ -153,11 +153,36 @@ BASE = {
         ({"RELAY_BATCH_SIZE": 0}, ["eventbus.E014"]),
         ({"WS_SEND_TIMEOUT": "10"}, ["eventbus.E014"]),
         ({"MAX_PAYLOAD_BYTES": True}, ["eventbus.E014"]),
+        ({"HEALTH_MAX_LAG": 0}, ["eventbus.E014"]),
+        ({"HEALTH_MAX_LAG": "60"}, ["eventbus.E014"]),
+        ({"HEALTH_MAX_DEAD_RUNS": 0, "HEALTH_MAX_RETRYING": 5}, []),
+        ({"HEALTH_MAX_DEAD_RUNS": -1}, ["eventbus.E019"]),
+        ({"HEALTH_MAX_FAILED_EVENTS": 1.5}, ["eventbus.E019"]),
+        ({"HEALTH_MAX_RETRYING": True}, ["eventbus.E019"]),
+        ({"HEALTH_MAX_RETRYING": "3"}, ["eventbus.E019"]),
     ],
 )
 def test_delivery_settings_are_checked(overrides, expected):
     with override_settings(EVENTBUS={**BASE, **overrides}):
         assert ids(run_checks()) == expected
+
+
+def test_a_multiprocess_directory_that_cannot_be_written_is_e020(tmp_path, monkeypatch):
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path))
+    assert ids(run_checks()) == []
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path / "missing"))
+    assert ids(run_checks()) == ["eventbus.E020"]
+    (tmp_path / "file").write_text("")
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path / "file"))
+    assert ids(run_checks()) == ["eventbus.E020"]
+
+
+def test_without_metrics_the_multiprocess_directory_is_not_checked(tmp_path, monkeypatch):
+    from eventbus import metrics
+
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path / "missing"))
+    monkeypatch.setattr(metrics, "_metrics", metrics.NO_METRICS)
+    assert ids(run_checks()) == []
 
 
 def test_missing_channel_layers_setting_is_e012():

@@ -8,6 +8,7 @@ from datetime import date, timedelta
 from typing import Any
 
 import pytest
+from django.contrib.auth import get_user_model
 from django.core import checks
 from django.core.management import call_command
 from django.utils import timezone
@@ -203,6 +204,28 @@ def test_index_and_flow_views(demo, client, django_capture_on_commit_callbacks):
     with django_capture_on_commit_callbacks(execute=True):
         assert run_durable_handlers() == 1
     assert Ticket.objects.filter(project=demo).count() == 1
+
+
+def test_the_demo_serves_metrics_and_health(demo, client, django_capture_on_commit_callbacks):
+    import json
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    client.force_login(get_user_model().objects.get(username="alice"))
+    with django_capture_on_commit_callbacks(execute=True):
+        client.post(f"/projects/{demo.pk}/flow/")
+    client.logout()  # neither asks who is there
+    text = client.get("/metrics").content.decode()
+    published = {
+        sample.labels["type"]: sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name == "eventbus_events_published_total"
+    }
+    assert published.get("triage.finished", 0) >= 1
+    health = client.get("/health/eventbus")
+    assert health.status_code in (200, 503)
+    assert json.loads(health.content)["durable_runs"]["pending"] == 1  # the flow's ticket
 
 
 def test_members_sign_in_through_the_demo_login_page(demo, client):

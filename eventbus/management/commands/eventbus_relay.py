@@ -2,8 +2,9 @@ import asyncio
 import signal
 from typing import Any
 
-from django.core.management.base import BaseCommand, CommandParser
+from django.core.management.base import BaseCommand, CommandError, CommandParser
 
+from eventbus import metrics
 from eventbus.relay import Relay
 
 
@@ -18,8 +19,26 @@ class Command(BaseCommand):
         parser.add_argument(
             "--max-seconds", type=float, default=None, help="Stop after this many seconds."
         )
+        parser.add_argument(
+            "--metrics-port",
+            type=int,
+            default=None,
+            help="Serve Prometheus metrics on this port (/metrics, any path), in a thread.",
+        )
+        parser.add_argument(
+            "--metrics-addr", default="0.0.0.0", help="Address of --metrics-port (0.0.0.0)."
+        )
 
     def handle(self, *args: Any, **options: Any) -> None:
+        port = options["metrics_port"]
+        if port is not None:
+            if not 0 < port < 65536:
+                raise CommandError(f"--metrics-port must be a TCP port (1-65535), not {port}.")
+            try:
+                metrics.serve(port, options["metrics_addr"])
+            except (RuntimeError, OSError) as exc:
+                raise CommandError(f"Cannot serve metrics on port {port}: {exc}") from exc
+            self.stdout.write(f"metrics on http://{options['metrics_addr']}:{port}/metrics")
         relay = Relay()
         if options["once"]:
             report = relay.run_once()

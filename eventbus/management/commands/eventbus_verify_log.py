@@ -12,6 +12,8 @@ from eventbus.catalog import catalog
 from eventbus.exceptions import UnknownEventTypeError
 from eventbus.models import EVENT_COLUMNS, EventRecord, event_from_columns
 
+_VERSION = EVENT_COLUMNS.index("payload_version")
+
 
 class Command(BaseCommand):
     help = (
@@ -64,7 +66,7 @@ class Command(BaseCommand):
                         examples.append(f"  {columns[0]} {columns[1]}: {reason}")
                     continue
                 read += 1
-                if columns[-1] < catalog.resolve(event.type).spec.version:
+                if columns[_VERSION] < catalog.resolve(event.type).spec.version:
                     upcast += 1
             done += len(batch)
             last = (batch[-1][2], batch[-1][0])

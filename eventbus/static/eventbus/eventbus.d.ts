@@ -39,6 +39,8 @@ export interface EventEnvelope<T extends string = string, P = { [field: string]:
   correlation_id: string;
   /** The id of the event being handled when this one was published. */
   causation_id: string | null;
+  /** The publisher's W3C trace context (`00-<trace id>-<span id>-<flags>`), when it traced. */
+  traceparent?: string;
 }
 
 /** Event types and their payloads, as `EventPayloads` of the generated catalog. */
