@@ -273,7 +273,9 @@ class Bench:
                 raise RuntimeError(f"eventbus: not every run is done: {_count_by(runs)}")
         return found
 
-    def wait_for_starts(self, side: str, count: int, timeout: float, poll: float = 0.05) -> None:
+    def wait_for_starts(self, side: str, count: int, timeout: float, poll: float = 0.25) -> None:
+        """Until ``count`` handlers of ``side`` started. Each look is a read, which on SQLite
+        with a rollback journal holds up the workers' commits: it looks seldom."""
         from django.db import connection
 
         deadline = time.monotonic() + timeout
@@ -352,7 +354,7 @@ class Bench:
         for n in range(count):
             for side in SIDES:
                 event_id, committed[side][event_id] = self.publish(side, n)
-                self.wait_for_starts(side, n + 1, WAIT, poll=0.002)
+                self.wait_for_starts(side, n + 1, WAIT, poll=0.01)
                 time.sleep(PAUSE)
         return self.latencies(committed, workers)
 
