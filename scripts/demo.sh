@@ -25,7 +25,7 @@ python=.venv/demo/bin/python
 "$python" manage.py migrate --noinput
 "$python" manage.py demo_setup
 # The worker and the relay stop with the demo (Ctrl-C, or the server exiting).
-"$python" manage.py db_worker --interval 0.5 &
+"$python" manage.py db_worker --no-reload --interval 0.5 &
 worker=$!
 "$python" manage.py eventbus_relay &
 relay=$!
