@@ -11,6 +11,7 @@
 #
 # Off CI, a missing interpreter, package or PostgreSQL is reported and skipped. With CI=true
 # each of them is a failure: a skip there would hide a broken machine.
+# Tests marked `once` (multi-process scale tests) run only with the last Python of the list.
 # EVENTBUS_PYTHONS="3.12" limits the run to some of the pairs (default "3.11 3.12").
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -130,21 +131,24 @@ EOF
     passed=$((passed + p)) failed=$((failed + f)) skipped=$((skipped + s))
 }
 
-run_pytest() {  # run_pytest sqlite|postgres|demo LABEL PYTHON [pytest args...]
-    local db=$1 label=$2 python=$3 rc=0
-    shift 3
+run_pytest() {  # run_pytest sqlite|postgres|demo LABEL PYTHON ONCE [pytest args...]
+    local db=$1 label=$2 python=$3 once=$4 rc=0
+    shift 4
+    # Tests marked `once` (the multi-process scale tests) run in one lane only: ONCE=yes.
+    local not_once="" pg_marks="db_heavy or postgres"
+    if [[ $once != yes ]]; then not_once="not once" pg_marks="(db_heavy or postgres) and not once"; fi
     local report
     report=$(mktemp "$tmp/report.XXXXXX")
     echo
     echo "==> pytest: $label"
     if [[ $db == postgres ]]; then
         EVENTBUS_TEST_DB=postgres "$python" -m pytest --junitxml="$report" \
-            -m "db_heavy or postgres" "$@" || rc=$?
+            -m "$pg_marks" "$@" || rc=$?
     elif [[ $db == demo ]]; then
         # The demo site's own tests run under the demo's settings (tests/demo).
         "$python" -m pytest --junitxml="$report" --ds=project.settings tests/demo "$@" || rc=$?
     else
-        "$python" -m pytest --junitxml="$report" "$@" || rc=$?
+        "$python" -m pytest --junitxml="$report" ${not_once:+-m "$not_once"} "$@" || rc=$?
     fi
     add_counts "$python" "$report"
     if ((rc == 0)); then
@@ -164,8 +168,11 @@ ensure_node_tools
 
 postgres=unknown   # checked once, with the first virtualenv that gets ready
 lint_python=""     # the newest virtualenv's python, for ruff and mypy
-for version in ${EVENTBUS_PYTHONS:-3.11 3.12}; do
+versions=(${EVENTBUS_PYTHONS:-3.11 3.12})
+for version in "${versions[@]}"; do
     venv=.venv/py${version//./}
+    once=no   # the `once` tests run with the last Python only
+    if [[ $version == "${versions[-1]}" ]]; then once=yes; fi
     if ! python=$(find_python "$version"); then
         missing "Python $version not found" "the Python $version pair is skipped"
         continue
@@ -178,8 +185,8 @@ for version in ${EVENTBUS_PYTHONS:-3.11 3.12}; do
     django=$("$venv/bin/python" -c 'import django; print(django.get_version())') || django="?"
     label="Python $version + Django $django"
 
-    run_pytest sqlite "$label, SQLite" "$venv/bin/python" "$@"
-    run_pytest demo "$label, demo site" "$venv/bin/python" "$@"
+    run_pytest sqlite "$label, SQLite" "$venv/bin/python" "$once" "$@"
+    run_pytest demo "$label, demo site" "$venv/bin/python" no "$@"
 
     if [[ $postgres == unknown ]]; then
         problem=$(postgres_problem "$venv/bin/python" 2>&1) || true
@@ -192,7 +199,7 @@ for version in ${EVENTBUS_PYTHONS:-3.11 3.12}; do
         fi
     fi
     if [[ $postgres == yes ]]; then
-        run_pytest postgres "$label, PostgreSQL" "$venv/bin/python" "$@"
+        run_pytest postgres "$label, PostgreSQL" "$venv/bin/python" "$once" "$@"
     fi
 done
 
