@@ -55,7 +55,7 @@ def build_wheel(tmp: Path) -> Path:
     source, out = tmp / "source", tmp / "dist"
     ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
     shutil.copytree(REPO_ROOT / "eventbus", source / "eventbus", ignore=ignore)
-    for name in ("pyproject.toml", "README.md"):
+    for name in ("pyproject.toml", "README.md", "LICENSE"):
         shutil.copy(REPO_ROOT / name, source / name)
     run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(out), str(source)])
     (wheel,) = out.glob("django_eventbus-*.whl")
@@ -63,7 +63,8 @@ def build_wheel(tmp: Path) -> Path:
 
 
 def check_wheel_contents(wheel: Path) -> None:
-    """Every file of the package in the repository (code, migrations, static, py.typed)."""
+    """Every file of the package in the repository (code, migrations, static, py.typed),
+    and the license."""
     package = REPO_ROOT / "eventbus"
     want = {
         str(path.relative_to(REPO_ROOT))
@@ -74,6 +75,8 @@ def check_wheel_contents(wheel: Path) -> None:
         have = set(archive.namelist())
     if missing := sorted(want - have):
         raise InstallCheckFailed(f"the wheel lacks {', '.join(missing)}")
+    if not any(name.endswith(".dist-info/licenses/LICENSE") for name in have):
+        raise InstallCheckFailed("the wheel lacks the LICENSE file in its .dist-info/licenses")
 
 
 def check_readme_blocks(project: Path) -> None:
