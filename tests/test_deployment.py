@@ -74,7 +74,7 @@ def test_a_run_fails_on_any_count_that_is_not_zero():
 def test_four_workers_two_relays_2000_sockets_miss_repeat_and_reorder_nothing(
     redis_url, tmp_path, capsys
 ):
-    report = run(Size(run_dir=tmp_path / "run", redis_url=redis_url))
+    report = run(Size(run_dir=tmp_path / "run", redis_url=redis_url, db_pool=True))
     with capsys.disabled():
         print("\n" + summary(report))
     assert report["ok"], report["failures"]

@@ -47,6 +47,9 @@ def main() -> int:
     parser.add_argument("--layer", choices=sorted(LAYERS), default="core")
     parser.add_argument("--db", choices=["postgres", "sqlite"], default="postgres")
     parser.add_argument("--no-kill-relay", action="store_true", help="keep every relay up")
+    parser.add_argument(
+        "--pool", action="store_true", help="PostgreSQL through psycopg's pool, in every process"
+    )
     args = parser.parse_args()
     for name in ("workers", "sockets", "client_processes", "projects", "users", "publishers"):
         if getattr(args, name) < 1:
@@ -82,6 +85,7 @@ def main() -> int:
             events_per_publisher=args.events,
             publish_seconds=args.publish_seconds,
             kill_relay=not args.no_kill_relay,
+            db_pool=args.pool,
         )
         report = run(size)
         from django.db import connection

@@ -89,6 +89,8 @@ class Size:
     events_per_publisher: int = 200
     publish_seconds: float = 6.0
     kill_relay: bool = True
+    # PostgreSQL through psycopg's connection pool in every process (Django's "pool").
+    db_pool: bool = False
     extra: dict[str, Any] = field(default_factory=dict)  # EVENTBUS additions, every process
 
 
@@ -109,6 +111,8 @@ def child_env(size: Size, **eventbus: Any) -> dict[str, str]:
     )
     if connection.vendor == "postgresql":
         env["EVENTBUS_TEST_DB"] = "postgres"
+        if size.db_pool:
+            env["EVENTBUS_TEST_PG_POOL"] = "1"
     return env
 
 
@@ -468,6 +472,12 @@ def run(size: Size) -> dict[str, Any]:
             1,
         )
         report["cpu_seconds"] = cpu
+        report["publisher_seconds"] = [
+            json.loads(line)["seconds"]
+            for path in paths
+            for line in path.read_text().splitlines()
+            if '"seconds"' in line
+        ]
         report["sockets"] = count_sockets(log, sockets)
         report["channels"] = len(log.by_channel)
     except Exception as exc:
@@ -510,8 +520,9 @@ def summary(report: dict[str, Any]) -> str:
         f"sockets per worker {report['sockets_per_worker']}",
         f"  {s.get('subscriptions', 0)} subscriptions on {report['channels']} channels by "
         f"{size['sockets']} sockets (open in {report['connect_seconds']} s); "
-        f"{log['committed']} events committed in {report['publish_seconds']} s, all delivered "
-        f"{report['delivery_seconds']} s after the first publish",
+        f"{log['committed']} events committed in {report['publish_seconds']} s (each "
+        f"publisher's: {report['publisher_seconds']}; the last leaves its events to the relay), "
+        f"all delivered {report['delivery_seconds']} s after the first publish",
         f"  frames expected {s['expected']}, received {s['received']}: lost {s['lost']}, "
         f"duplicates {s['duplicates_raw']} raw / {s['duplicates_after_dedupe']} after dedupe, "
         f"order violations {s['order_violations']}, wrong position {s['wrong_position']}, "
