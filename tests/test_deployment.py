@@ -38,7 +38,8 @@ def socket(channels: list[str], *events: tuple[str, int], open: bool = True) -> 
 def test_socket_counts_of_a_clean_run_are_zero_but_what_was_expected():
     sockets = [socket([A], *((A, p) for p in range(1, 5))), socket([A, B], (B, 1), (A, 1),
                (A, 2), (B, 2), (A, 3), (A, 4))]  # fmt: skip
-    counts = count_sockets(make_log(), sockets)
+    committed = {A: {"a1", "a2", "a3", "a4"}, B: {"b1", "b2"}}
+    counts = count_sockets(make_log(), sockets, committed)
     assert (counts["expected"], counts["received"], counts["subscriptions"]) == (10, 10, 3)
     assert not [name for name in ZERO if counts.get(name)]
 
@@ -48,10 +49,13 @@ def test_socket_counts_catch_loss_repeats_disorder_and_other_channels():
         socket([A], (A, 1), (A, 2), (A, 2), (A, 4), (A, 3)),  # 2 twice; 3 after 4, so dropped
         socket([B], (B, 1), (A, 1), open=False),  # A is not its channel; b2 never came
     ]
-    counts = count_sockets(make_log(), sockets)
+    # b3 was committed (the publishers' records say so) but never positioned nor sent.
+    committed = {A: {"a1", "a2", "a3", "a4"}, B: {"b1", "b2", "b3"}}
+    counts = count_sockets(make_log(), sockets, committed)
     assert counts["duplicates_raw"] == 1 and counts["duplicates_after_dedupe"] == 0
     assert counts["order_violations"] == 1
     assert counts["lost"] == 2  # a3 (dropped by the dedupe) and b2
+    assert counts["missed"] == 2  # b2 and b3: a3 came, out of order
     assert counts["foreign"] == 1 and counts["closed"] == 1
 
 

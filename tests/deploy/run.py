@@ -53,6 +53,8 @@ RELAY_SETTINGS = {
 }
 ZERO = (
     "lost",
+    "missed",
+    "other_frames",
     "duplicates_after_dedupe",
     "order_violations",
     "wrong_position",
@@ -348,8 +350,15 @@ def cpu_of(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def count_sockets(log: Log, sockets: list[dict[str, Any]]) -> dict[str, Any]:
-    """Every socket's counts against the log, summed; and the worst socket's."""
+def count_sockets(
+    log: Log, sockets: list[dict[str, Any]], committed: dict[str, set[str]] | None = None
+) -> dict[str, Any]:
+    """Every socket's counts against the log, summed.
+
+    ``committed``: each channel's committed event ids, from the publishers' records; an
+    id a socket on that channel never received is ``missed`` (the log's ``lost`` counts
+    only what the log positioned).
+    """
     totals: Counter[str] = Counter()
     for socket in sockets:
         followed = set(socket["channels"])
@@ -369,29 +378,42 @@ def count_sockets(log: Log, sockets: list[dict[str, Any]]) -> dict[str, Any]:
         )
         totals["closed"] += not socket["open"]
         totals["subscriptions"] += len(followed)
+        if committed is not None:
+            got = {(f["channel"], f["id"]) for f in found}
+            totals["missed"] += sum(
+                (channel, event_id) not in got
+                for channel in followed
+                for event_id in committed.get(channel, ())
+            )
     return dict(totals)
 
 
-def publisher_order(paths: list[Path], log: Log) -> int:
+def committed_records(paths: list[Path]) -> list[dict[str, Any]]:
+    """The publishers' committed events, each with its channel, in each one's order."""
+    from eventbus.bus import EventBus
+
+    found = []
+    for path in paths:
+        for line in path.read_text().splitlines():
+            record = json.loads(line)
+            if record.get("outcome") == "commit":
+                found.append({**record, "channel": EventBus.get_project_channel(record["project"])})
+    return found
+
+
+def publisher_order(committed: list[dict[str, Any]], log: Log) -> int:
     """Events given a lower position than an earlier one of the same publisher and channel.
 
     Not a guarantee (two relay workers number their claims in either order); printed.
     """
-    from eventbus.bus import EventBus
-
     inversions = 0
     top: dict[tuple[int, str], int] = {}
-    for path in paths:
-        for line in path.read_text().splitlines():
-            record = json.loads(line)
-            if record.get("outcome") != "commit" or "publisher" not in record:
-                continue
-            channel = EventBus.get_project_channel(record["project"])
-            position = log.positions.get((channel, record["id"]), 0)
-            key = (record["publisher"], channel)
-            if position < top.get(key, 0):
-                inversions += 1
-            top[key] = max(top.get(key, 0), position)
+    for record in committed:
+        position = log.positions.get((record["channel"], record["id"]), 0)
+        key = (record["publisher"], record["channel"])
+        if position < top.get(key, 0):
+            inversions += 1
+        top[key] = max(top.get(key, 0), position)
     return inversions
 
 
@@ -461,7 +483,8 @@ def run(size: Size) -> dict[str, Any]:
         report["publish_errors"] = sum(
             '"error"' in line for path in paths for line in path.read_text().splitlines()
         )
-        report["publisher_order_inversions"] = publisher_order(paths, log)
+        committed = committed_records(paths)
+        report["publisher_order_inversions"] = publisher_order(committed, log)
         cpu["publishers"] = round(
             sum(
                 json.loads(line)["cpu_seconds"]
@@ -478,7 +501,10 @@ def run(size: Size) -> dict[str, Any]:
             for line in path.read_text().splitlines()
             if '"seconds"' in line
         ]
-        report["sockets"] = count_sockets(log, sockets)
+        by_channel: dict[str, set[str]] = {}
+        for record in committed:
+            by_channel.setdefault(record["channel"], set()).add(record["id"])
+        report["sockets"] = count_sockets(log, sockets, by_channel)
         report["channels"] = len(log.by_channel)
     except Exception as exc:
         report["error"] = f"{type(exc).__name__}: {exc}"
@@ -522,8 +548,9 @@ def summary(report: dict[str, Any]) -> str:
         f"{size['sockets']} sockets (open in {report['connect_seconds']} s); "
         f"{log['committed']} events committed in {report['publish_seconds']} s (each "
         f"publisher's: {report['publisher_seconds']}; the last leaves its events to the relay), "
-        f"all delivered {report['delivery_seconds']} s after the first publish",
-        f"  frames expected {s['expected']}, received {s['received']}: lost {s['lost']}, "
+        f"drained {report['delivery_seconds']} s after the first publish",
+        f"  frames expected {s['expected']}, received {s['received']}: lost {s['lost']} "
+        f"(missed from the publishers' records {s.get('missed', 0)}), "
         f"duplicates {s['duplicates_raw']} raw / {s['duplicates_after_dedupe']} after dedupe, "
         f"order violations {s['order_violations']}, wrong position {s['wrong_position']}, "
         f"phantom {s['phantom']}, foreign {s['foreign']}, resets {s['resets']}, "
