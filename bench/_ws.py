@@ -40,6 +40,7 @@ class Client(asyncio.Protocol):
         self.keep = keep
         self.frames: list[tuple[float, bytes]] = []
         self.received = 0
+        self.response: Response | None = None  # the handshake's, once it came
         self.transport: asyncio.Transport | None = None
         loop = asyncio.get_running_loop()
         self.opened: asyncio.Future[None] = loop.create_future()
@@ -68,6 +69,7 @@ class Client(asyncio.Protocol):
                     if self.keep:
                         self.frames.append((now, event.data))
             elif isinstance(event, Response) and not self.opened.done():
+                self.response = event
                 if self.protocol.handshake_exc is not None:
                     self.opened.set_exception(self.protocol.handshake_exc)
                 else:

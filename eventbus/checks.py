@@ -7,7 +7,7 @@ Every id is defined here, once, and never reused. The checks are registered by
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from django.apps import AppConfig
@@ -48,6 +48,7 @@ W004 = "eventbus.W004"  # another RedisChannelLayer alias with redis-py 8 and no
 W005 = "eventbus.W005"  # daphne's runserver reads WebSocket messages far over WS_MAX_FRAME_BYTES
 W006 = "eventbus.W006"  # (deploy) daphne serves WebSockets: no backpressure, no bound
 W007 = "eventbus.W007"  # durable runs go to a backend that runs nothing, or runs in-process
+W010 = "eventbus.W010"  # (deploy) the sink's channel layer is in memory: one process only
 
 _NUMBERS = (
     "MAX_PAYLOAD_BYTES",
@@ -87,6 +88,7 @@ def register_checks() -> None:
     """Register the checks with Django (from ``AppConfig.ready()``)."""
     register(check_eventbus, Tags.compatibility)
     register(check_daphne_deploy, Tags.security, deploy=True)
+    register(check_layer_deploy, Tags.compatibility, deploy=True)
 
 
 def check_eventbus(
@@ -663,5 +665,33 @@ def check_daphne_deploy(
             hint="Serve WebSockets with uvicorn --ws websockets-sansio in production; keep "
             "daphne for runserver and silence this id if you do.",
             id=W006,
+        )
+    ]
+
+
+_IN_MEMORY_LAYER = "channels.layers.InMemoryChannelLayer"
+
+
+def check_layer_deploy(
+    app_configs: Sequence[AppConfig] | None = None, **kwargs: Any
+) -> list[CheckMessage]:
+    if not _settings_usable():
+        return []
+    settings = conf.get_settings()
+    layers = getattr(django_settings, "CHANNEL_LAYERS", None) or {}
+    layer = layers.get(settings.CHANNEL_LAYER)
+    if settings.SINK != "eventbus.sinks.ChannelLayerSink" or not isinstance(layer, Mapping):
+        return []
+    if layer.get("BACKEND") != _IN_MEMORY_LAYER:
+        return []
+    return [
+        Warning(
+            f"The sink broadcasts on the channel layer {settings.CHANNEL_LAYER!r}, which is "
+            "channels' InMemoryChannelLayer: events reach only the sockets of the process "
+            "that sends them, so with several server processes (uvicorn --workers), or a "
+            "relay worker, sockets miss events.",
+            hint="Use channels_redis (RedisChannelLayer or RedisPubSubChannelLayer) in "
+            "production; see docs/deployment.md.",
+            id=W010,
         )
     ]

@@ -65,7 +65,8 @@ AsgiServerFactory = Callable[..., AsgiServer]
 
 @pytest.fixture
 def asgi_server_factory() -> Iterator[AsgiServerFactory]:
-    """Start ASGI server processes: ``factory(app=..., env=None, port=None, server="daphne")``.
+    """Start ASGI server processes: ``factory(app=..., env=None, port=None, server="daphne",
+    workers=1)``.
 
     Each call returns a started ``AsgiServer``. All of them are stopped when the test ends,
     and the logs of the ones started are printed then, which pytest shows for failed tests.
@@ -78,9 +79,15 @@ def asgi_server_factory() -> Iterator[AsgiServerFactory]:
         port: int | None = None,
         start_timeout: float = 20.0,
         server: str = "daphne",
+        workers: int = 1,
     ) -> AsgiServer:
         process = AsgiServer(
-            app=app, env=env, port=port, start_timeout=start_timeout, server=server
+            app=app,
+            env=env,
+            port=port,
+            start_timeout=start_timeout,
+            server=server,
+            workers=workers,
         )
         started.append(process)
         process.start()

@@ -286,7 +286,9 @@ class AsgiServer(_Service):
     client does not read), which the slow-client tests rely on; daphne buffers instead.
 
     ``env`` is added to this process's environment (for example DJANGO_SETTINGS_MODULE or
-    EVENTBUS_TEST_REDIS_URL). The server runs from the repository root with it on
+    EVENTBUS_TEST_REDIS_URL). ``workers`` (uvicorn only) runs ``uvicorn --workers N``: N
+    worker processes accepting on the one port; it is ready once every worker has loaded
+    the app. The server runs from the repository root with it on
     PYTHONPATH, so ``tests.asgi:application`` imports as it does in the tests.
     Everything it prints goes to ``log_path``.
     """
@@ -300,11 +302,15 @@ class AsgiServer(_Service):
         port: int | None = None,
         start_timeout: float = 20.0,
         server: str = "daphne",
+        workers: int = 1,
     ) -> None:
         # The default bound is longer than Redis's: importing Django on 2 busy cores is slow.
         if server not in ("daphne", "uvicorn"):
             raise ValueError(f"server must be 'daphne' or 'uvicorn', not {server!r}")
+        if workers < 1 or (workers > 1 and server != "uvicorn"):
+            raise ValueError(f"workers must be 1, or more with uvicorn; not {workers!r}")
         self.server = server
+        self.workers = workers
         self.app = app
         self.env = dict(env or {})
         super().__init__(port, start_timeout)
@@ -323,6 +329,7 @@ class AsgiServer(_Service):
                 sys.executable, "-m", "uvicorn", self.app, "--host", self.host,
                 "--port", str(self.port), "--ws", "websockets-sansio", "--no-access-log",
                 "--lifespan", "off",
+                *(["--workers", str(self.workers)] if self.workers > 1 else []),
             ]  # fmt: skip
         return [sys.executable, "-m", "daphne", "-b", self.host, "-p", str(self.port), self.app]
 
@@ -335,4 +342,10 @@ class AsgiServer(_Service):
 
     def _ready(self) -> bool:
         # daphne imports the application before it listens, so an open port means ready.
+        # uvicorn's workers share a socket their parent opened first: each one logs this
+        # line once it has imported the application.
+        if self.workers > 1:
+            started = self.log_text().rpartition("=== starting")[2]
+            if started.count("Started server process") < self.workers:
+                return False
         return port_accepts(self.port, self.host)

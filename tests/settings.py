@@ -77,6 +77,11 @@ else:
         }
     }
 
+# EVENTBUS_TEST_PG_POOL=1: psycopg's connection pool (Django 5.1+, psycopg[pool]), as
+# docs/deployment.md recommends for ASGI servers on PostgreSQL; small, as the server is
+# shared by every process of a run.
+if os.environ.get("EVENTBUS_TEST_PG_POOL") and "postgresql" in DATABASES["default"]["ENGINE"]:
+    DATABASES["default"]["OPTIONS"] = {"pool": {"min_size": 1, "max_size": 4}}
 # A subprocess started by a test points straight at the parent's test database.
 if os.environ.get("EVENTBUS_TEST_DB_NAME"):
     DATABASES["default"]["NAME"] = os.environ["EVENTBUS_TEST_DB_NAME"]

@@ -280,3 +280,21 @@ def test_daphne_warns_at_deploy_only():
         assert "eventbus.W006" in ids(deploy)
     deploy = checks.run_checks(include_deployment_checks=True)
     assert "eventbus.W006" not in ids(deploy)
+
+
+@pytest.mark.parametrize(
+    ("backend", "sink", "expected"),
+    [
+        ("channels.layers.InMemoryChannelLayer", "eventbus.sinks.ChannelLayerSink", True),
+        ("channels_redis.core.RedisChannelLayer", "eventbus.sinks.ChannelLayerSink", False),
+        ("channels_redis.pubsub.RedisPubSubChannelLayer", "eventbus.sinks.ChannelLayerSink", False),
+        ("channels.layers.InMemoryChannelLayer", None, False),  # nothing goes to a layer
+    ],
+)
+def test_an_in_memory_layer_warns_at_deploy_only(backend, sink, expected):
+    layers = {"default": {"BACKEND": backend, "CONFIG": {"hosts": ["redis://127.0.0.1:1/0"]}}}
+    eventbus = {"CATALOGS": ["tests.testapp.events.EVENT_PAYLOAD_MAP"], "SINK": sink}
+    with override_settings(CHANNEL_LAYERS=layers, EVENTBUS=eventbus):
+        assert "eventbus.W010" not in ids(run_checks())
+        deploy = ids(checks.run_checks(include_deployment_checks=True))
+    assert ("eventbus.W010" in deploy) is expected

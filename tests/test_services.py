@@ -174,3 +174,18 @@ def test_postgres_marker_runs_only_on_postgresql() -> None:
     from django.db import connection
 
     assert connection.vendor == "postgresql"
+
+
+def test_asgi_server_workers_share_one_port(asgi_server_factory: AsgiServerFactory) -> None:
+    """uvicorn --workers 2: ready once both workers loaded the app; both answer on the port."""
+    server = asgi_server_factory(TRIVIAL_APP, server="uvicorn", workers=2)
+    assert server.log_text().count("Started server process") == 2
+    assert http_get(f"{server.url}/ping") == "hello from /ping"
+    server.stop()
+    assert not port_accepts(server.port)
+
+
+@pytest.mark.parametrize(("server", "workers"), [("daphne", 2), ("uvicorn", 0)])
+def test_asgi_server_refuses_workers_it_cannot_run(server: str, workers: int) -> None:
+    with pytest.raises(ValueError, match="workers must be 1, or more with uvicorn"):
+        AsgiServer(TRIVIAL_APP, server=server, workers=workers)

@@ -110,6 +110,19 @@ def check_log(log: Log, published: dict[str, str]) -> dict[str, int]:
 
 def check_consumer(log: Log, path: Path, positioned_frames: bool) -> dict[str, Any]:
     """The counts of one consumer's records against the log (see the module docstring)."""
+    return count_consumer(log, records(path), positioned_frames)
+
+
+def count_consumer(
+    log: Log,
+    found: Iterable[dict[str, Any]],
+    positioned_frames: bool,
+    subscribed: Iterable[str] | None = None,
+) -> dict[str, Any]:
+    """The counts of one consumer's records (``check_consumer``'s) against the log.
+
+    ``subscribed``: the channels the consumer followed, when not every channel of the log.
+    """
     channels: dict[str, dict[str, Any]] = {}
 
     def state(channel: str) -> dict[str, Any]:
@@ -120,7 +133,7 @@ def check_consumer(log: Log, path: Path, positioned_frames: bool) -> dict[str, A
         )  # fmt: skip
 
     totals: Counter[str] = Counter()
-    for record in records(path):
+    for record in found:
         kind = record.get("kind")
         if kind in ("connected", "disconnected"):
             totals["reconnects" if kind == "connected" else "disconnects"] += 1
@@ -159,7 +172,9 @@ def check_consumer(log: Log, path: Path, positioned_frames: bool) -> dict[str, A
         st["last"] = position
 
     per_channel = {}
-    for channel, expected in sorted(log.by_channel.items()):
+    followed = log.by_channel if subscribed is None else set(subscribed)
+    for channel in sorted(followed):
+        expected = log.by_channel.get(channel, set())
         st = state(channel)
         missing = expected - st["accepted"]
         counts = st["counts"]
