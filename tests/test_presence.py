@@ -4,7 +4,7 @@ consumer's presence frames, and ``bus.presence()``."""
 import asyncio
 import json
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 from uuid import uuid4
 
@@ -287,3 +287,129 @@ def test_bus_presence_validates_the_channel() -> None:
 
     with override_settings(EVENTBUS=SETTINGS), pytest.raises(InvalidChannelError):
         asyncio.run(get_event_bus().presence("no spaces allowed"))
+
+
+# -- across server processes: a real Redis, real uvicorn processes -----------------------------
+
+# Short on purpose: a SIGKILLed server's users must be gone within TTL + one heartbeat.
+FAST = {
+    "PRESENCE": "tests.testapp.presence.presence",
+    "PRESENCE_HEARTBEAT_SECONDS": 0.3,
+    "PRESENCE_TTL_SECONDS": 1.5,
+}
+
+
+async def two_uvicorns(factory: Any, redis_url: str) -> tuple[Any, Any]:
+    from tests.test_e2e import server_env
+
+    env = server_env(redis_url, **FAST)
+    return await asyncio.gather(
+        asyncio.to_thread(factory, env=env, server="uvicorn"),
+        asyncio.to_thread(factory, env=env, server="uvicorn"),
+    )
+
+
+async def watch(server: Any, session: str, channel: str) -> Any:
+    """A socket subscribed to ``channel`` with presence; returns it and the snapshot."""
+    from tests.test_e2e import Ws
+
+    ws = await Ws.open(server, session)
+    await ws.send({"action": "subscribe", "channel": channel, "presence": True})
+    assert (await ws.recv())["type"] == "subscribed"
+    snapshot = await ws.recv()
+    assert snapshot["kind"] == "snapshot"
+    return ws, snapshot
+
+
+async def quiet(ws: Any, seconds: float) -> bool:
+    """Whether ``ws`` gets no frame for ``seconds``."""
+    try:
+        frame = await ws.recv(timeout=seconds)
+    except TimeoutError:
+        return True
+    raise AssertionError(f"unexpected frame {frame}")
+
+
+@pytest.fixture
+def presence_layer(redis_url: str) -> Iterator[str]:
+    """The test process on the servers' Redis, with presence on (for bus.presence)."""
+    from tests.test_e2e import LAYER
+
+    layers = {"default": {"BACKEND": LAYER, "CONFIG": {"hosts": [redis_url]}}}
+    with override_settings(CHANNEL_LAYERS=layers, EVENTBUS={**SETTINGS, **FAST}):
+        yield redis_url
+
+
+@pytest.mark.once
+@pytest.mark.redis
+@pytest.mark.django_db(transaction=True)
+async def test_two_servers_share_presence_and_a_killed_servers_users_leave(
+    asgi_server_factory, presence_layer
+):
+    """Users on two uvicorn processes see each other; a user with tabs on both leaves once,
+    when the last closes; SIGKILL one server and its users leave (pruned by the other
+    server's heartbeat within TTL + one heartbeat), with no ghost left in Redis."""
+    from asgiref.sync import sync_to_async
+
+    from tests.test_e2e import Ws, member_session
+
+    project = uuid4()
+    channel = EventBus.get_project_channel(project)
+    server_a, server_b = await two_uvicorns(asgi_server_factory, presence_layer)
+    ada, bob, cyd = [await sync_to_async(member_session)(project) for _ in range(3)]
+    watcher, snapshot = await watch(server_a, ada, channel)
+    (ada_key,) = [u["key"] for u in snapshot["users"]]
+    bob_on_b, bob_snapshot = await watch(server_b, bob, channel)
+    assert [u["connections"] for u in bob_snapshot["users"]] == [1, 1]
+    bob_key = (await watcher.recv())["user"]["key"]  # bob's join, from the other server
+    assert bob_key != ada_key
+    # Bob's second tab, on server A: present twice, joined once.
+    bob_on_a = await Ws.open(server_a, bob)
+    await bob_on_a.subscribe(channel)
+    cyd_on_b = await Ws.open(server_b, cyd)
+    await cyd_on_b.subscribe(channel)
+    frame = await watcher.recv()
+    cyd_key = frame["user"]["key"]
+    assert frame["kind"] == "join" and cyd_key not in (ada_key, bob_key)
+    presence = await get_event_bus().presence(channel)
+    assert {u.key: u.connections for u in presence.users} == {ada_key: 1, bob_key: 2, cyd_key: 1}
+    assert presence.users[0].info["name"].startswith("member-")
+
+    server_b.kill()  # no goodbye from B: its connections expire
+    frame = await watcher.recv(timeout=10)
+    assert (frame["kind"], frame["user"]["key"]) == ("leave", cyd_key)
+    presence = await get_event_bus().presence(channel)  # bob is still here, on A
+    assert {u.key: u.connections for u in presence.users} == {ada_key: 1, bob_key: 1}
+    await bob_on_a.close()  # bob's last tab
+    frame = await watcher.recv()
+    assert (frame["kind"], frame["user"]["key"]) == ("leave", bob_key)
+    assert await quiet(watcher, 3 * FAST["PRESENCE_TTL_SECONDS"])  # every leave exactly once
+    assert (await get_event_bus().presence(channel)).keys == [ada_key]
+    await watcher.close()
+    for client in (bob_on_b, cyd_on_b):
+        await client.close()
+    assert "Traceback" not in server_a.log_text()
+
+
+@pytest.mark.redis
+@pytest.mark.django_db(transaction=True)
+async def test_after_redis_loses_everything_the_next_heartbeat_brings_users_back(
+    presence_layer, redis_server
+):
+    """A Redis restarted without its data (or flushed): each server process's next
+    heartbeat joins its connections again, and the watchers get their joins."""
+    from eventbus.presence import get_presence_tracker
+
+    layer = get_event_bus().layer
+    tracker = get_presence_tracker(layer)
+    await tracker.join(CHANNEL, "conn-1", "1", '{"name": "ada"}')
+    try:
+        assert (await get_event_bus().presence(CHANNEL)).keys == ["1"]
+        redis_server.flush()
+        assert (await get_event_bus().presence(CHANNEL)).keys == []
+        await tracker.heartbeat()
+        presence = await get_event_bus().presence(CHANNEL)
+        assert [(u.key, u.info) for u in presence.users] == [("1", {"name": "ada"})]
+    finally:
+        await tracker.leave(CHANNEL, "conn-1")
+    assert (await get_event_bus().presence(CHANNEL)).keys == []

@@ -19,3 +19,6 @@ def wrong_type(user: Any, channel: str) -> Any:
 
 def not_json(user: Any, channel: str) -> Any:
     return {"since": datetime(2026, 1, 1)}
+
+
+MAX_INFO = 100  # not a hook: the checks refuse it
