@@ -120,9 +120,7 @@ def test_every_id_is_defined_once_in_the_checks_module_with_its_level():
     from eventbus import checks as eventbus_checks
 
     defined = {
-        name: value
-        for name, value in vars(eventbus_checks).items()
-        if re.fullmatch(r"[EW]\d{3}", name)
+        name: value for name, value in vars(eventbus_checks).items() if re.fullmatch(r"[EW]\d{3}", name)
     }
     assert len(set(defined.values())) == len(defined)
     assert all(value == f"eventbus.{name}" for name, value in defined.items())
