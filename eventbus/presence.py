@@ -484,16 +484,29 @@ class PresenceTracker:
     async def heartbeat(self) -> None:
         """Renew every connection of this process (joining again what the store lost,
         after a Redis restart), and announce what that pruned or joined."""
-        for channel, entries in list(self._entries.items()):
-            batch = [(conn, key, info) for conn, (key, info) in entries.items()]
-            try:
-                changes = await self.store.join(channel, batch, self.ttl)
-                await announce(self.layer, channel, changes)
-            except Exception as exc:
-                if is_connection_error(exc):
-                    logger.warning("Presence heartbeat for %s failed: %s", channel, exc)
-                else:
-                    logger.exception("Presence heartbeat for %s failed", channel)
+        channels = list(self._entries.items())
+        for start in range(0, len(channels), _HEARTBEAT_CONCURRENCY):
+            await asyncio.gather(
+                *(
+                    self._renew(channel, dict(entries))
+                    for channel, entries in channels[start : start + _HEARTBEAT_CONCURRENCY]
+                )
+            )
+
+    async def _renew(self, channel: str, entries: dict[str, tuple[str, str]]) -> None:
+        batch = [(conn, key, info) for conn, (key, info) in entries.items()]
+        try:
+            changes = await self.store.join(channel, batch, self.ttl)
+            await announce(self.layer, channel, changes)
+        except Exception as exc:
+            if is_connection_error(exc):
+                logger.warning("Presence heartbeat for %s failed: %s", channel, exc)
+            else:
+                logger.exception("Presence heartbeat for %s failed", channel)
+
+
+# Channels renewed at once: one script call each, so a few round trips for many channels.
+_HEARTBEAT_CONCURRENCY = 64
 
 
 _trackers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[int, PresenceTracker]] = (

@@ -393,11 +393,22 @@ async def test_two_servers_share_presence_and_a_killed_servers_users_leave(
 
 @pytest.mark.redis
 @pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize(
+    "backend",
+    ["channels_redis.core.RedisChannelLayer", "channels_redis.pubsub.RedisPubSubChannelLayer"],
+)
 async def test_after_redis_loses_everything_the_next_heartbeat_brings_users_back(
-    presence_layer, redis_server
+    presence_layer, redis_server, backend
 ):
     """A Redis restarted without its data (or flushed): each server process's next
-    heartbeat joins its connections again, and the watchers get their joins."""
+    heartbeat joins its connections again. Both channels_redis layers keep presence."""
+    layers = {"default": {"BACKEND": backend, "CONFIG": {"hosts": [presence_layer]}}}
+    with override_settings(CHANNEL_LAYERS=layers):
+        assert backend.endswith(type(get_event_bus().layer).__name__)
+        await _heartbeat_after_flush(redis_server)
+
+
+async def _heartbeat_after_flush(redis_server: Any) -> None:
     from eventbus.presence import get_presence_tracker
 
     layer = get_event_bus().layer
