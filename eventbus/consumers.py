@@ -282,6 +282,7 @@ class EventStreamConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
             # The channel layer's server is away (a Redis restart): say so, stay up.
             if self.subscriptions.get(channel) is state:
                 del self.subscriptions[channel]
+            await self._leave_presence(channel, state)  # kept from an earlier subscribe
             raise _FrameError(
                 "unavailable", "The event stream is unavailable right now; subscribe again."
             ) from None
