@@ -498,11 +498,7 @@ def check_presence(
     settings = conf.get_settings()
     messages: list[CheckMessage] = []
     beat, ttl = settings.PRESENCE_HEARTBEAT_SECONDS, settings.PRESENCE_TTL_SECONDS
-    numbers = all(
-        not isinstance(value, bool) and isinstance(value, int | float) and value > 0
-        for value in (beat, ttl)
-    )
-    if numbers and ttl <= beat:
+    if _positive(beat) and _positive(ttl) and ttl <= beat:
         messages.append(
             Error(
                 f"EVENTBUS['PRESENCE_TTL_SECONDS'] ({ttl}) must be greater than "
@@ -596,6 +592,10 @@ def check_router(
     return []
 
 
+def _positive(value: Any) -> bool:
+    return not isinstance(value, bool) and isinstance(value, int | float) and value > 0
+
+
 def check_numbers(
     app_configs: Sequence[AppConfig] | None = None, **kwargs: Any
 ) -> list[CheckMessage]:
@@ -605,7 +605,7 @@ def check_numbers(
     messages: list[CheckMessage] = []
     for name in _NUMBERS:
         value = getattr(settings, name)
-        if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+        if not _positive(value):
             messages.append(
                 Error(
                     f"EVENTBUS[{name!r}] must be a positive number, not {value!r}.",
