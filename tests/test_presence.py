@@ -128,7 +128,10 @@ def test_none_means_no_presence_and_a_dict_is_stored_as_json():
 
 # -- the consumer (in-memory layer) ----------------------------------------------------------
 
-pytestmark_db = pytest.mark.django_db(transaction=True)
+
+def db_tests(test: Any) -> Any:
+    """Tests that read the database (users, memberships): run on PostgreSQL too."""
+    return pytest.mark.db_heavy(pytest.mark.django_db(transaction=True)(test))
 
 
 @pytest.fixture
@@ -152,7 +155,7 @@ def user(member: Any) -> dict[str, Any]:
     return {"key": str(member.pk), "info": {"name": member.username}}
 
 
-@pytestmark_db
+@db_tests
 @override_settings(EVENTBUS=SETTINGS)
 async def test_watchers_get_a_snapshot_then_joins_and_leaves(members):
     ada, bob = members
@@ -187,7 +190,7 @@ async def test_watchers_get_a_snapshot_then_joins_and_leaves(members):
     assert (await get_event_bus().presence(CHANNEL)).users == ()
 
 
-@pytestmark_db
+@db_tests
 @override_settings(EVENTBUS=SETTINGS)
 async def test_a_user_with_two_tabs_joins_once_and_leaves_when_the_last_closes(members):
     ada, bob = members
@@ -209,7 +212,7 @@ async def test_a_user_with_two_tabs_joins_once_and_leaves_when_the_last_closes(m
         assert await watcher.nothing()
 
 
-@pytestmark_db
+@db_tests
 @override_settings(EVENTBUS=SETTINGS)
 async def test_unsubscribing_leaves_the_presence(members):
     ada, bob = members
@@ -222,7 +225,7 @@ async def test_unsubscribing_leaves_the_presence(members):
         assert (await watcher.recv())["kind"] == "leave"
 
 
-@pytestmark_db
+@db_tests
 @override_settings(EVENTBUS=SETTINGS)
 async def test_a_channel_without_presence_says_so_and_has_nobody(django_user_model):
     staff = await django_user_model.objects.acreate(username="staff", is_staff=True)
@@ -236,7 +239,7 @@ async def test_a_channel_without_presence_says_so_and_has_nobody(django_user_mod
         assert (await get_event_bus().presence(AGENT_CHANNEL)).users == ()
 
 
-@pytestmark_db
+@db_tests
 @override_settings(EVENTBUS=SETTINGS)
 async def test_a_socket_not_allowed_on_the_channel_gets_no_presence(members, django_user_model):
     stranger = await django_user_model.objects.acreate(username="stranger")
@@ -248,7 +251,7 @@ async def test_a_socket_not_allowed_on_the_channel_gets_no_presence(members, dja
         assert (await get_event_bus().presence(CHANNEL)).keys == [str(members[0].pk)]
 
 
-@pytestmark_db
+@db_tests
 @pytest.mark.parametrize(
     ("hook", "problem"),
     [("wrong_type", "must be a dict or None, not list"), ("not_json", "is not JSON-safe")],
@@ -262,7 +265,7 @@ async def test_a_bad_hook_answer_is_logged_and_the_socket_told(members, caplog, 
     assert any(problem in str(record.exc_info[1]) for record in caplog.records if record.exc_info)
 
 
-@pytestmark_db
+@db_tests
 @override_settings(EVENTBUS=SETTINGS)
 @pytest.mark.parametrize("value", ["yes", 1, None])
 async def test_presence_must_be_true_or_false(members, value):
@@ -272,7 +275,7 @@ async def test_presence_must_be_true_or_false(members, value):
         assert "'presence'" in frame["message"]
 
 
-@pytestmark_db
+@db_tests
 @override_settings(EVENTBUS={**SETTINGS, "PRESENCE": None})
 async def test_with_presence_off_bus_presence_raises_and_sockets_are_told(members):
     with pytest.raises(PresenceError, match=r"EVENTBUS\['PRESENCE'\]"):
