@@ -427,3 +427,18 @@ async def _heartbeat_after_flush(redis_server: Any) -> None:
     finally:
         await tracker.leave(CHANNEL, "conn-1")
     assert (await get_event_bus().presence(CHANNEL)).keys == []
+
+
+@db_tests
+@override_settings(EVENTBUS={**SETTINGS, "WS_REAUTHORIZE_SECONDS": 0.2})
+async def test_a_user_who_loses_access_leaves_the_presence(members):
+    ada, bob = members
+    async with Client(ada) as watcher, Client(bob) as other:
+        await subscribed_with_presence(watcher)
+        await other.subscribe(CHANNEL)
+        assert (await watcher.recv())["kind"] == "join"
+        await Membership.objects.filter(user=bob).adelete()
+        assert (await other.recv())["reason"] == "forbidden"  # within the recheck
+        frame = await watcher.recv()
+        assert (frame["kind"], frame["user"]["key"]) == ("leave", str(bob.pk))
+        assert (await get_event_bus().presence(CHANNEL)).keys == [str(ada.pk)]
