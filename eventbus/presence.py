@@ -452,13 +452,22 @@ class PresenceTracker:
         return float(conf.get_settings().PRESENCE_TTL_SECONDS)
 
     async def join(self, channel: str, connection: str, key: str, info: str) -> None:
-        """Make ``connection`` present on ``channel``; raises when the store is away."""
+        """Make ``connection`` present on ``channel``; raises (and it is not present)
+        when the store is away."""
         changes = await self.store.join(channel, [(connection, key, info)], self.ttl)
         self._entries.setdefault(channel, {})[connection] = (key, info)
         get_metrics().presence_joined()
         if self._task is None or self._task.done():
             self._task = asyncio.create_task(self._run())
-        await announce(self.layer, channel, changes)
+        # Present from here on, whatever the announcement does: the caller must know it
+        # has a connection to leave (a snapshot read later has the join anyway).
+        try:
+            await announce(self.layer, channel, changes)
+        except Exception as exc:
+            if is_connection_error(exc):
+                logger.warning("Presence: announcing a join on %s failed: %s", channel, exc)
+            else:
+                logger.exception("Presence: announcing a join on %s failed", channel)
 
     async def leave(self, channel: str, connection: str) -> None:
         """Remove ``connection``; a store that is away is logged (its entry expires)."""
