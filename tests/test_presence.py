@@ -442,3 +442,21 @@ async def test_a_user_who_loses_access_leaves_the_presence(members):
         frame = await watcher.recv()
         assert (frame["kind"], frame["user"]["key"]) == ("leave", str(bob.pk))
         assert (await get_event_bus().presence(CHANNEL)).keys == [str(ada.pk)]
+
+
+@db_tests
+@override_settings(EVENTBUS={**SETTINGS, "CATALOGS": ["tests.testapp.events.EVENT_PAYLOAD_MAP"]})
+async def test_a_python_subscription_passes_over_presence_messages():
+    from eventbus import Event
+    from eventbus.presence import get_presence_tracker
+
+    bus = get_event_bus()
+    async with bus.subscribe([CHANNEL]) as events:
+        tracker = get_presence_tracker(bus.layer)
+        await tracker.join(CHANNEL, "py-1", "1", "{}")  # an eventbus.presence message
+        try:
+            event = Event(type="order.deleted", payload={"order_id": 5}, project_id=PROJECT)
+            await bus.send(CHANNEL, event)
+            assert (await asyncio.wait_for(anext(events), 5)).id == event.id
+        finally:
+            await tracker.leave(CHANNEL, "py-1")
