@@ -21,9 +21,12 @@ from .exceptions import (
     InvalidChannelError,
     InvalidHandlerError,
     PayloadTooLargeError,
+    PresenceError,
+    PresenceHookError,
     StreamReset,
     UnknownEventTypeError,
 )
+from .presence import Presence, PresentUser
 from .signals import event_published
 
 __all__ = [
@@ -43,6 +46,10 @@ __all__ = [
     "OnCreate",
     "OnDelete",
     "PayloadTooLargeError",
+    "Presence",
+    "PresenceError",
+    "PresenceHookError",
+    "PresentUser",
     "StreamReset",
     "Subscription",
     "UnknownEventTypeError",

@@ -27,6 +27,7 @@ from .channel_names import (
 from .envelope import Event
 from .ids import ObjectKey
 from .layers import group_send_many
+from .presence import Presence, read_presence
 from .subscription import Subscription
 from .wire import layer_message, public_json
 
@@ -102,6 +103,18 @@ class EventBus:
                 sends.append((channel, layer_message(event, channel, raw, position)))
         await group_send_many(self.layer, sends)
         return len(sends)
+
+    async def presence(self, channel: str) -> Presence:
+        """Who is on ``channel`` now: each present user's key, what it exposes (the
+        ``PRESENCE`` hook's dict) and its connection count, across server processes.
+
+        Connections whose server stopped renewing them (it died) are pruned first, and
+        their users' leaves announced to the channel's watchers. Empty for a channel on
+        which nobody is present (the hook answered None for everyone). Raises
+        :class:`~eventbus.exceptions.PresenceError` when presence is off or the layer
+        has no presence store.
+        """
+        return await read_presence(self.layer, validate_channel(channel))
 
     def subscribe(self, channels: Iterable[str]) -> Subscription:
         """Live events of ``channels``, to use as ``async with bus.subscribe([...]) as events``.

@@ -41,6 +41,8 @@ E017 = "eventbus.E017"  # durable handlers, but no task framework or backend to 
 E018 = "eventbus.E018"  # a payload version without an upcaster path to the current one
 E019 = "eventbus.E019"  # a HEALTH_MAX_* count is not a whole number of 0 or more
 E020 = "eventbus.E020"  # metrics on, PROMETHEUS_MULTIPROC_DIR not a writable directory
+E021 = "eventbus.E021"  # PRESENCE cannot be imported, or is not callable
+E022 = "eventbus.E022"  # PRESENCE_TTL_SECONDS not above PRESENCE_HEARTBEAT_SECONDS
 W001 = "eventbus.W001"  # CATALOGS is empty
 W002 = "eventbus.W002"  # a payload model is not frozen
 W003 = "eventbus.W003"  # no AUTHORIZE hook
@@ -48,6 +50,7 @@ W004 = "eventbus.W004"  # another RedisChannelLayer alias with redis-py 8 and no
 W005 = "eventbus.W005"  # daphne's runserver reads WebSocket messages far over WS_MAX_FRAME_BYTES
 W006 = "eventbus.W006"  # (deploy) daphne serves WebSockets: no backpressure, no bound
 W007 = "eventbus.W007"  # durable runs go to a backend that runs nothing, or runs in-process
+W008 = "eventbus.W008"  # PRESENCE on a channel layer with no shared presence store
 W010 = "eventbus.W010"  # (deploy) the sink's channel layer is in memory: one process only
 
 _NUMBERS = (
@@ -79,6 +82,8 @@ _NUMBERS = (
     "WS_SUBSCRIBE_TIMEOUT",
     "WS_ANONYMOUS_MAX_FORBIDDEN",
     "HEALTH_MAX_LAG",
+    "PRESENCE_HEARTBEAT_SECONDS",
+    "PRESENCE_TTL_SECONDS",
 )
 # Counts that may be 0 (nothing of it is healthy).
 _COUNTS = ("HEALTH_MAX_DEAD_RUNS", "HEALTH_MAX_FAILED_EVENTS", "HEALTH_MAX_RETRYING")
@@ -105,6 +110,7 @@ def check_eventbus(
             check_model_events,
             check_redis_client,
             check_authorization,
+            check_presence,
             check_sink,
             check_router,
             check_numbers,
@@ -479,6 +485,67 @@ def check_authorization(
     return []
 
 
+# The layers whose Redis holds presence; the in-memory one keeps it in its process.
+_PRESENCE_LAYERS = (
+    "channels_redis.core.RedisChannelLayer",
+    "channels_redis.pubsub.RedisPubSubChannelLayer",
+)
+
+
+def check_presence(
+    app_configs: Sequence[AppConfig] | None = None, **kwargs: Any
+) -> list[CheckMessage]:
+    if not _settings_usable():
+        return []
+    settings = conf.get_settings()
+    messages: list[CheckMessage] = []
+    beat, ttl = settings.PRESENCE_HEARTBEAT_SECONDS, settings.PRESENCE_TTL_SECONDS
+    if _positive(beat) and _positive(ttl) and ttl <= beat:
+        messages.append(
+            Error(
+                f"EVENTBUS['PRESENCE_TTL_SECONDS'] ({ttl}) must be greater than "
+                f"EVENTBUS['PRESENCE_HEARTBEAT_SECONDS'] ({beat}): every present user "
+                "would expire before its server renews it, and leave and join again.",
+                hint="Give the TTL at least two or three heartbeats (defaults: 10 and 30).",
+                id=E022,
+            )
+        )
+    hook = settings.PRESENCE
+    if hook is None:
+        return messages
+    error = _import_error(hook)
+    if error is None and not callable(import_string(hook)):
+        error = TypeError("it is not callable")
+    if error is not None:
+        messages.append(
+            Error(
+                f"EVENTBUS['PRESENCE'] = {hook!r} is not a usable presence hook: {error}",
+                hint="Use the dotted path of a callable(user, channel) -> dict | None, or "
+                "None to turn presence off.",
+                id=E021,
+            )
+        )
+    layers = getattr(django_settings, "CHANNEL_LAYERS", None) or {}
+    backend = (layers.get(settings.CHANNEL_LAYER) or {}).get("BACKEND")
+    if backend is not None and backend not in _PRESENCE_LAYERS:
+        in_memory = backend == "channels.layers.InMemoryChannelLayer"
+        messages.append(
+            Warning(
+                f"Presence is on, and the channel layer {settings.CHANNEL_LAYER!r} is "
+                + (
+                    "the InMemoryChannelLayer: presence is kept in this process's memory, "
+                    "and other server processes do not see its users."
+                    if in_memory
+                    else f"{backend}, which has no presence store: presence is unavailable."
+                ),
+                hint="Use channels_redis (RedisChannelLayer or RedisPubSubChannelLayer), whose "
+                "Redis keeps presence for every server process.",
+                id=W008,
+            )
+        )
+    return messages
+
+
 def check_sink(app_configs: Sequence[AppConfig] | None = None, **kwargs: Any) -> list[CheckMessage]:
     if not _settings_usable():
         return []
@@ -527,6 +594,10 @@ def check_router(
     return []
 
 
+def _positive(value: Any) -> bool:
+    return not isinstance(value, bool) and isinstance(value, int | float) and value > 0
+
+
 def check_numbers(
     app_configs: Sequence[AppConfig] | None = None, **kwargs: Any
 ) -> list[CheckMessage]:
@@ -536,7 +607,7 @@ def check_numbers(
     messages: list[CheckMessage] = []
     for name in _NUMBERS:
         value = getattr(settings, name)
-        if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+        if not _positive(value):
             messages.append(
                 Error(
                     f"EVENTBUS[{name!r}] must be a positive number, not {value!r}.",

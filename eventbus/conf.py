@@ -79,6 +79,13 @@ class EventBusSettings:
     WS_SUBSCRIBE_TIMEOUT: float = 60.0
     # Forbidden subscribes an anonymous socket with no subscription may make.
     WS_ANONYMOUS_MAX_FORBIDDEN: int = 3
+    # Presence (eventbus/presence.py): import path of a hook (user, channel) -> dict | None
+    # (None: not present there; the dict is what others see), or None: presence off.
+    # Each server process renews its sockets' entries every PRESENCE_HEARTBEAT_SECONDS;
+    # an entry not renewed for PRESENCE_TTL_SECONDS (its process died) is gone.
+    PRESENCE: str | None = None
+    PRESENCE_HEARTBEAT_SECONDS: float = 10.0
+    PRESENCE_TTL_SECONDS: float = 30.0
     # Monitoring (eventbus/metrics.py, tracing.py, health.py). Metrics and spans are on
     # when their optional package is installed, unless turned off here; read at start-up.
     METRICS: bool = True

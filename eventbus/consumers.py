@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 from uuid import UUID
 
+from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
 
 from . import conf
@@ -29,11 +30,18 @@ from .fanout import get_fanout
 from .ids import parse_uuid
 from .limits import Bucket, client_key, get_client_limits
 from .metrics import get_metrics
+from .presence import (
+    get_presence_tracker,
+    info_for,
+    new_connection_id,
+    read_presence,
+    user_key,
+)
 from .reconnect import is_connection_error
 from .replay import Replay, load_replay
 from .sendqueue import SendQueue
 from .streams import aread
-from .wire import event_frame, frame_json
+from .wire import event_frame, frame_json, presence_frame
 
 logger = logging.getLogger("eventbus.ws")
 
@@ -52,6 +60,14 @@ _MAX_DEPTH = 16
 _ACTIONS = ("subscribe", "unsubscribe", "ping")
 
 
+class _NoPresence(Exception):
+    """Presence frames were asked for, and cannot be given (the code and message say why)."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
 @dataclass
 class _ChannelState:
     patterns: tuple[str, ...] | None
@@ -61,6 +77,14 @@ class _ChannelState:
     # Live messages that arrived while the subscription was being set up (None: since then).
     held: list[dict[str, Any]] | None = None
     overflowed: bool = False
+    # Presence: this socket's connection id on the channel, when it is present there.
+    presence_connection: str | None = None
+    # Only for a socket that asked for presence frames: the last version sent per user
+    # key, and the snapshot's version (changes at or before it are in the snapshot).
+    presence_seen: dict[str, int] | None = None
+    presence_floor: int = 0
+    # Presence changes that arrived before the snapshot went out (None: since then).
+    presence_held: list[dict[str, Any]] | None = None
 
     def wants(self, event_type: str) -> bool:
         return self.patterns is None or any(
@@ -154,10 +178,11 @@ class EventStreamConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
         get_access_watch().remove(self)
         if not keep_queued:
             self.send_queue.close()
-        channels = list(self.subscriptions)
+        states = list(self.subscriptions.items())
         self.subscriptions.clear()
-        for channel in channels:
+        for channel, state in states:
             await self.fanout.leave(channel, self)
+            await self._leave_presence(channel, state)
 
     # -- client frames -------------------------------------------------------
 
@@ -225,6 +250,9 @@ class EventStreamConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
                 "invalid_field",
                 f"'types' must be a list of at most {_MAX_PATTERNS} type patterns, or null.",
             )
+        wants_presence = data.get("presence", False)
+        if not isinstance(wants_presence, bool):
+            raise _FrameError("invalid_field", "'presence' must be true or false.")
         if (
             channel not in self.subscriptions
             and len(self.subscriptions) >= self.settings.WS_MAX_SUBSCRIPTIONS
@@ -238,6 +266,12 @@ class EventStreamConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
         # Live events are held back until the replay is out: the client sees
         # `subscribed`, the missed events, then live ones, each once, in position order.
         state = _ChannelState(tuple(patterns) if patterns is not None else None, held=[])
+        previous = self.subscriptions.get(channel)
+        if previous is not None:  # subscribed again: still the same presence connection
+            state.presence_connection = previous.presence_connection
+            previous.presence_connection = None
+        if wants_presence:
+            state.presence_seen, state.presence_held = {}, []
         self.subscriptions[channel] = state
         self.ever_subscribed = True
         try:
@@ -248,12 +282,19 @@ class EventStreamConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
             # The channel layer's server is away (a Redis restart): say so, stay up.
             if self.subscriptions.get(channel) is state:
                 del self.subscriptions[channel]
+            await self._leave_presence(channel, state)  # kept from an earlier subscribe
             raise _FrameError(
                 "unavailable", "The event stream is unavailable right now; subscribe again."
             ) from None
         if self.subscriptions.get(channel) is not state or self.send_queue.failed:
             # Left while joining (access revoked, socket given up): do not stay in.
             await self.fanout.leave(channel, self)
+            await self._leave_presence(channel, state)
+            return
+        presence = await self._join_presence(channel, state)
+        if self.subscriptions.get(channel) is not state or self.send_queue.failed:
+            await self.fanout.leave(channel, self)
+            await self._leave_presence(channel, state)
             return
         key = self.limit_key or ("-", "-")
         budget = get_client_limits().replay_budget(
@@ -297,7 +338,12 @@ class EventStreamConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
             )
         for frame in replay.frames:
             await self._send_text(frame)
+        if isinstance(presence, _NoPresence):
+            await self._error(presence.code, str(presence), "subscribe", channel)
+        elif presence is not None:
+            await self._send_frame(presence)
         # From here to the end nothing waits, so no live event slips in between.
+        self._release_presence(state)
         held, state.held = state.held or [], None
         if state.overflowed:  # too much arrived during the replay: the client reloads
             current = self.fanout.cursor.at(channel) or head
@@ -314,6 +360,68 @@ class EventStreamConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
                 self.on_reset(message)
             else:
                 self.on_message(message)
+
+    async def _join_presence(
+        self, channel: str, state: _ChannelState
+    ) -> dict[str, Any] | _NoPresence | None:
+        """Make the socket present on ``channel`` when the PRESENCE hook says so; the
+        snapshot frame when it asked for presence (or why it gets none), else None."""
+        failed = None
+        info = None
+        if self.settings.PRESENCE is not None and user_key(self.user) is not None:
+            try:
+                info = await database_sync_to_async(info_for)(self.user, channel)
+            except Exception:
+                logger.exception("The PRESENCE hook failed for channel %s", channel)
+                failed = "The presence of this channel is unavailable (see the server's log)."
+        if info is not None and state.presence_connection is None:
+            connection = new_connection_id()
+            try:
+                await get_presence_tracker(self.fanout.layer).join(
+                    channel, connection, str(user_key(self.user)), info
+                )
+                state.presence_connection = connection
+            except Exception as exc:
+                if not is_connection_error(exc):
+                    logger.exception("Joining the presence of %s failed", channel)
+                failed = "The presence of this channel is unavailable right now."
+        if state.presence_seen is None:
+            return None
+        if failed is not None:
+            state.presence_seen = state.presence_held = None
+            return _NoPresence("presence_unavailable", failed)
+        if state.presence_connection is None:
+            state.presence_seen = state.presence_held = None
+            return _NoPresence("no_presence", f"{channel} has no presence for this connection.")
+        try:
+            snapshot = await read_presence(self.fanout.layer, channel)
+        except Exception as exc:
+            if not is_connection_error(exc):
+                logger.exception("Reading the presence of %s failed", channel)
+            state.presence_seen = state.presence_held = None
+            return _NoPresence(
+                "presence_unavailable", "The presence of this channel is unavailable right now."
+            )
+        state.presence_floor = snapshot.version
+        return {
+            "type": "presence",
+            "channel": channel,
+            "kind": "snapshot",
+            "users": [
+                {"key": user.key, "info": user.info, "connections": user.connections}
+                for user in snapshot.users
+            ],
+        }
+
+    async def _leave_presence(self, channel: str, state: _ChannelState) -> None:
+        connection, state.presence_connection = state.presence_connection, None
+        if connection is not None:
+            await get_presence_tracker(self.fanout.layer).leave(channel, connection)
+
+    def _release_presence(self, state: _ChannelState) -> None:
+        held, state.presence_held = state.presence_held or [], None
+        for message in held:
+            self._offer_presence(state, message)
 
     async def _unsubscribe(self, data: dict[str, Any]) -> None:
         channel = _required_channel(data)
@@ -349,6 +457,31 @@ class EventStreamConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
             frame_json(
                 _reset_frame(channel, message["reason"], message["epoch"], message["position"])
             )
+        )
+
+    def on_presence(self, message: dict[str, Any]) -> None:
+        """A user joined or left a joined channel (from the fan-out): queue its frame, when
+        this socket asked for presence and the snapshot did not have it already."""
+        state = self.subscriptions.get(message["channel"])
+        if state is None or state.presence_seen is None:
+            return
+        if state.presence_held is not None:
+            state.presence_held.append(message)
+            return
+        self._offer_presence(state, message)
+
+    def _offer_presence(self, state: _ChannelState, message: dict[str, Any]) -> None:
+        seen = state.presence_seen
+        if seen is None:
+            return
+        key, version = message["key"], message["version"]
+        # Announcers in different processes may be overtaken by one another: a change
+        # older than what this socket has for the user is already outdated.
+        if version <= max(state.presence_floor, seen.get(key, 0)):
+            return
+        seen[key] = version
+        self.send_queue.offer(
+            presence_frame(message["channel"], message["kind"], key, message["info"])
         )
 
     def _ready_for(self, message: dict[str, Any]) -> _ChannelState | None:
@@ -453,8 +586,10 @@ class EventStreamConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
                 await self._close_after_sending(CLOSE_TOO_MANY_ERRORS, "too many bad frames")
 
     async def _leave(self, channel: str, reason: str) -> None:
-        self.subscriptions.pop(channel, None)
+        state = self.subscriptions.pop(channel, None)
         await self.fanout.leave(channel, self)
+        if state is not None:
+            await self._leave_presence(channel, state)
         await self._send_frame({"type": "unsubscribed", "channel": channel, "reason": reason})
 
 

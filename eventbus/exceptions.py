@@ -96,3 +96,13 @@ class StreamReset(EventBusError):
             f"The stream of {channel} was reset ({reason}); events after position "
             f"{position} follow."
         )
+
+
+class PresenceError(EventBusError):
+    """Presence cannot be used: it is off (no ``PRESENCE`` hook), or the channel layer has
+    no presence store (``eventbus.presence``)."""
+
+
+class PresenceHookError(PresenceError, TypeError):
+    """The ``PRESENCE`` hook answered something other than None or a JSON-safe dict of at
+    most ``eventbus.presence.MAX_INFO_BYTES`` of JSON; the message names what."""

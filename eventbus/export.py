@@ -54,6 +54,8 @@ ERROR_CODES = (
     "forbidden",
     "not_subscribed",
     "unavailable",
+    "no_presence",
+    "presence_unavailable",
     "rate_limited",
 )
 UNSUBSCRIBE_REASONS = ("requested", "forbidden")
@@ -310,6 +312,33 @@ def _frame_defs(ref: Callable[[str], str], event: dict[str, Any]) -> dict[str, d
             channel=_CHANNEL,
             reason={"enum": list(UNSUBSCRIBE_REASONS)},
         ),
+        "PresenceFrame": frame(
+            "PresenceFrame",
+            "Who is on the channel (after a subscribe with `presence: true`): a "
+            "`snapshot` of every present user, then each user's `join` (its first "
+            "connection) and `leave` (its last).",
+            optional=("users", "user"),
+            type={"const": "presence"},
+            channel=_CHANNEL,
+            kind={"enum": ["snapshot", "join", "leave"]},
+            users={
+                "type": "array",
+                "items": {
+                    "type": "object",
+                    "properties": {
+                        "key": {"type": "string"},
+                        "info": {"type": "object"},
+                        "connections": {"type": "integer", "minimum": 1},
+                    },
+                    "required": ["key", "info", "connections"],
+                },
+            },
+            user={
+                "type": "object",
+                "properties": {"key": {"type": "string"}, "info": {"type": "object"}},
+                "required": ["key", "info"],
+            },
+        ),
         "PongFrame": frame("PongFrame", "The answer to a ping.", type={"const": "pong"}),
         "ErrorFrame": frame(
             "ErrorFrame",
@@ -330,6 +359,7 @@ def _frame_defs(ref: Callable[[str], str], event: dict[str, Any]) -> dict[str, d
                     "SubscribedFrame",
                     "ResetFrame",
                     "UnsubscribedFrame",
+                    "PresenceFrame",
                     "PongFrame",
                     "ErrorFrame",
                 )
@@ -338,8 +368,9 @@ def _frame_defs(ref: Callable[[str], str], event: dict[str, Any]) -> dict[str, d
         "SubscribeAction": frame(
             "SubscribeAction",
             "Receive a channel's events: those after `position` (with its `epoch`) "
-            "first, then live ones; only the types matching `types` (shell-style).",
-            optional=("position", "epoch", "since", "types"),
+            "first, then live ones; only the types matching `types` (shell-style); "
+            "with `presence`, the channel's presence frames too.",
+            optional=("position", "epoch", "since", "types", "presence"),
             action={"const": "subscribe"},
             channel=_CHANNEL,
             position={"type": ["integer", "null"], "minimum": 0},
@@ -350,6 +381,7 @@ def _frame_defs(ref: Callable[[str], str], event: dict[str, Any]) -> dict[str, d
                 "items": {"type": "string", "minLength": 1, "maxLength": 200},
                 "maxItems": 50,
             },
+            presence={"type": "boolean"},
         ),
         "UnsubscribeAction": frame(
             "UnsubscribeAction",
@@ -382,6 +414,7 @@ _SERVER_FRAMES = (
     ("subscribed", "SubscribedFrame"),
     ("reset", "ResetFrame"),
     ("unsubscribed", "UnsubscribedFrame"),
+    ("presence", "PresenceFrame"),
     ("pong", "PongFrame"),
     ("error", "ErrorFrame"),
 )
@@ -500,7 +533,7 @@ def asyncapi_document(
             "send",
             "socket",
             [name for name, _ in _SERVER_FRAMES],
-            "Control frames: subscribed, reset, unsubscribed, pong, errors.",
+            "Control frames: subscribed, reset, unsubscribed, presence, pong, errors.",
         ),
         "sendProjectEvents": operation(
             "send", "project", event_messages, "A project's events, in position order."

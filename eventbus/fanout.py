@@ -27,6 +27,7 @@ from . import _redis
 from .cursor import RESET_TYPE, StreamCursor
 from .layers import FANOUT_CHANNEL_PREFIX
 from .metrics import get_metrics
+from .presence import PRESENCE_TYPE
 from .reconnect import RETRY_FIRST, is_connection_error, next_delay
 from .streams import Head
 from .tracing import get_tracing
@@ -42,6 +43,9 @@ class Member(Protocol):
 
     def on_reset(self, message: dict[str, Any]) -> None:
         """The group's stream skipped what the log could not fill (a reset message)."""
+
+    def on_presence(self, message: dict[str, Any]) -> None:
+        """A user joined or left the group's channel (``eventbus.presence``)."""
 
 
 STOP_SECONDS = 5.0
@@ -194,10 +198,12 @@ class LocalFanout:
             self._hand(message, list(members))
 
     def _hand(self, message: dict[str, Any], members: list[Member]) -> None:
-        reset = message.get("type") == RESET_TYPE
+        kind = message.get("type")
         for member in members:
             try:
-                if reset:
+                if kind == PRESENCE_TYPE:
+                    member.on_presence(message)
+                elif kind == RESET_TYPE:
                     member.on_reset(message)
                 else:
                     member.on_message(message)

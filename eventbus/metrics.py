@@ -97,6 +97,13 @@ class Recorder:
 
     def rate_limited(self, limit: str) -> None: ...
 
+    # Presence: this process's present connections, and the joins and leaves it announced.
+    def presence_joined(self) -> None: ...
+
+    def presence_left(self) -> None: ...
+
+    def presence_changed(self, kind: str, count: int) -> None: ...
+
     def flush(self) -> None: ...
 
 
@@ -173,6 +180,18 @@ class Metrics(Recorder):
             "eventbus_websocket_subscriptions",
             "Channel subscriptions of the open WebSockets in this process.",
             multiprocess_mode="liveall",
+        )
+        self.presence = Gauge(
+            "eventbus_presence_connections",
+            "Connections of this process present on a channel (PRESENCE), one per socket "
+            "and channel.",
+            multiprocess_mode="liveall",
+        )
+        self.presence_changes = counter(
+            "eventbus_presence_changes",
+            "Presence joins and leaves this process announced (a leave of a dead "
+            "process's user is announced by whoever pruned it), by kind.",
+            ["kind"],
         )
         self.slow_sockets = counter(
             "eventbus_websocket_too_slow",
@@ -345,6 +364,15 @@ class Metrics(Recorder):
 
     def socket_too_slow(self) -> None:
         self.slow_sockets.inc()
+
+    def presence_joined(self) -> None:
+        self.presence.inc()
+
+    def presence_left(self) -> None:
+        self.presence.dec()
+
+    def presence_changed(self, kind: str, count: int) -> None:
+        self.presence_changes.labels(kind=kind).inc(count)
 
     def replayed(self, events: int) -> None:
         self.replays.inc()

@@ -17,6 +17,7 @@ from channels.layers import BaseChannelLayer
 from .cursor import RESET_TYPE, StreamCursor
 from .envelope import Event
 from .exceptions import StreamReset
+from .presence import PRESENCE_TYPE
 from .reconnect import RETRY_FIRST, is_connection_error, next_delay
 from .wire import parse_event
 
@@ -115,6 +116,8 @@ class Subscription:
                 continue
             delay = RETRY_FIRST
             for message in received:
+                if message.get("type") == PRESENCE_TYPE:
+                    continue  # presence is for sockets (and bus.presence), not events
                 self._ready.extend(await self.cursor.admit(message))
         message = self._ready.popleft()
         if message.get("type") == RESET_TYPE:

@@ -118,3 +118,11 @@ def event_frame(channel: str, raw_event: str, position: int | None = None) -> st
     """
     where = "" if position is None else f',"position":{int(position)}'
     return f'{{"type":"event","channel":{json.dumps(channel)}{where},"event":{raw_event}}}'
+
+
+def presence_frame(channel: str, kind: str, key: str, raw_info: str) -> str:
+    """A ``presence`` frame of one join or leave; ``raw_info`` is the stored JSON."""
+    return (
+        f'{{"type":"presence","channel":{json.dumps(channel)},"kind":{json.dumps(kind)},'
+        f'"user":{{"key":{json.dumps(key)},"info":{raw_info}}}}}'
+    )

@@ -66,6 +66,13 @@ def test_observability_benchmark_runs():
     )
 
 
+@pytest.mark.redis
+def test_presence_benchmark_runs():
+    rows = run_bench("bench.presence")
+    assert [r["bench"] for r in rows] == ["presence_join_leave", "presence_heartbeat"]
+    assert all(r["target"] == "≤ 2×" for r in rows)
+
+
 def test_replay_benchmark_runs():
     rows = run_bench("bench.replay")
     assert [r["rows"] for r in rows] == [10_000, 20_000]

@@ -167,6 +167,50 @@ def test_delivery_settings_are_checked(overrides, expected):
         assert ids(run_checks()) == expected
 
 
+REDIS_LAYERS = {
+    "default": {
+        "BACKEND": "channels_redis.core.RedisChannelLayer",
+        "CONFIG": {"hosts": ["redis://127.0.0.1:1/0"]},
+    }
+}
+HOOK = "tests.testapp.presence.presence"
+
+
+@pytest.mark.parametrize(
+    ("overrides", "expected"),
+    [
+        ({"PRESENCE": HOOK}, []),
+        ({"PRESENCE": "tests.nowhere.hook"}, ["eventbus.E021"]),
+        ({"PRESENCE": "tests.testapp.presence.MAX_INFO"}, ["eventbus.E021"]),
+        ({"PRESENCE": "tests.testapp.models"}, ["eventbus.E021"]),
+        ({"PRESENCE_TTL_SECONDS": 10, "PRESENCE_HEARTBEAT_SECONDS": 10}, ["eventbus.E022"]),
+        ({"PRESENCE_TTL_SECONDS": 5}, ["eventbus.E022"]),
+        ({"PRESENCE_TTL_SECONDS": 0}, ["eventbus.E014"]),
+        ({"PRESENCE_HEARTBEAT_SECONDS": "10"}, ["eventbus.E014"]),
+        ({"PRESENCE_TTL_SECONDS": 3, "PRESENCE_HEARTBEAT_SECONDS": 1}, []),
+    ],
+)
+def test_presence_settings_are_checked(overrides, expected):
+    with override_settings(EVENTBUS={**BASE, **overrides}, CHANNEL_LAYERS=REDIS_LAYERS):
+        assert ids(run_checks()) == expected
+
+
+@pytest.mark.parametrize(
+    ("backend", "expected", "says"),
+    [
+        ("channels.layers.InMemoryChannelLayer", ["eventbus.W008"], "this process's memory"),
+        ("tests.sinks.SomeLayer", ["eventbus.W008"], "no presence store"),
+        ("channels_redis.pubsub.RedisPubSubChannelLayer", [], ""),
+    ],
+)
+def test_presence_on_a_layer_without_a_shared_store_warns(backend, expected, says):
+    layers = {"default": {"BACKEND": backend, "CONFIG": {"hosts": ["redis://127.0.0.1:1/0"]}}}
+    with override_settings(EVENTBUS={**BASE, "PRESENCE": HOOK}, CHANNEL_LAYERS=layers):
+        messages = run_checks()
+    assert ids(messages) == expected
+    assert all(says in message.msg for message in messages)
+
+
 def test_a_multiprocess_directory_that_cannot_be_written_is_e020(tmp_path, monkeypatch):
     monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path))
     assert ids(run_checks()) == []
@@ -236,6 +280,8 @@ def test_redis_py_8_does_not_warn_about_the_pubsub_layer(monkeypatch):
     }
     with override_settings(CHANNEL_LAYERS={"default": pubsub, "chat": pubsub}):
         assert ids(run_checks()) == []
+
+
 @pytest.mark.parametrize(
     ("origins", "expected"),
     [

@@ -22,6 +22,7 @@ from channels.testing import WebsocketCommunicator
 from cloudevents.core.formats.json import JSONFormat
 from cloudevents.core.v1.event import CloudEvent
 from django.core.management import CommandError, call_command
+from django.test import override_settings
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import ValidationError as SchemaValidationError
 from pydantic import BaseModel, ConfigDict
@@ -263,6 +264,13 @@ def test_schemas_of_a_catalog_with_name_clashes_shared_models_and_recursion():
 @pytest.mark.node
 @pytest.mark.django_db(transaction=True)
 @pytest.mark.db_heavy
+@override_settings(
+    EVENTBUS={
+        "CATALOGS": ["tests.testapp.events.EVENT_PAYLOAD_MAP"],
+        "AUTHORIZE": "tests.testapp.authorization.may_subscribe",
+        "PRESENCE": "tests.testapp.presence.presence",
+    }
+)
 async def test_frames_from_the_consumer_validate_and_compile(django_user_model, tmp_path):
     from asgiref.sync import sync_to_async
 
@@ -295,6 +303,7 @@ async def test_frames_from_the_consumer_validate_and_compile(django_user_model, 
         await get_event_bus().send(channel, live)  # live only: no position
         received.append(json.loads(await ws.receive_from(timeout=5)))
         await send({"action": "ping"})
+        await send({"action": "subscribe", "channel": channel, "presence": True}, 2)
         await send({"action": "subscribe", "channel": channel, "position": 99, "epoch": None}, 2)
         await send({"action": "dance"})
         await send({"action": "subscribe", "channel": "no spaces"})
@@ -310,12 +319,17 @@ async def test_frames_from_the_consumer_validate_and_compile(django_user_model, 
         "event",
         "pong",
         "subscribed",
+        "presence",
+        "subscribed",
         "reset",
         "error",
         "error",
         "unsubscribed",
     ]
     assert "position" not in received[3] and received[1]["position"] == 1
+    assert received[6]["users"] == [
+        {"key": str(user.pk), "info": {"name": "member"}, "connections": 1}
+    ]
     assert "author_email" not in json.dumps(received)
     for frame in received:
         server.validate(frame)
@@ -399,6 +413,7 @@ def test_the_asyncapi_parser_finds_no_error(which, node, tmp_path):
         "subscribed",
         "reset",
         "unsubscribed",
+        "presence",
         "pong",
         "error",
         *broadcast,

@@ -447,3 +447,55 @@ def test_signed_out_stops_reconnecting(
     chromium_page.wait_for_timeout(1_000)  # longer than the page's longest reconnect delay
     assert chromium_page.evaluate("() => window.socketsOpened") == 1
     assert chromium_page.text_content("#status") == "signed_out"
+
+
+def presence_changes(page: Page) -> list[str]:
+    return list(page.locator("#presence li").all_text_contents())
+
+
+def present(page: Page) -> list[str]:
+    return sorted(page.locator("#present li").all_text_contents())
+
+
+def test_presence_snapshot_joins_and_leaves(
+    asgi_server_factory: AsgiServerFactory, chromium_browser: Any, django_user_model: Any
+) -> None:
+    """Two signed-in members: the first page sees the second join, then leave when its
+    page closes; the client's presence(channel) follows. Not a member: no presence."""
+    ada, bob, eve = (
+        django_user_model.objects.create(username=name) for name in ("ada", "bob", "eve")
+    )
+    for user in (ada, bob):
+        Membership.objects.create(user=user, project_id=PROJECT)
+    server = start_server(asgi_server_factory, PRESENCE="tests.testapp.presence.presence")
+    pages = []
+    for user in (ada, bob, eve):
+        context = chromium_browser.new_context()
+        context.set_default_timeout(10_000)
+        page = context.new_page()
+        open_page(page, server, user)
+        page.wait_for_function("() => document.getElementById('status').textContent === 'open'")
+        pages.append(page)
+    on_ada, on_bob, on_eve = pages
+    watch(on_ada, CHANNEL, presence=True)
+    page_sees = "n => document.querySelectorAll('#presence li').length >= n"
+    on_ada.wait_for_function(page_sees, arg=1)
+    assert present(on_ada) == ["ada"]
+    watch(on_bob, CHANNEL, presence=True)
+    on_ada.wait_for_function(page_sees, arg=2)
+    assert presence_changes(on_ada) == ["snapshot of 1", "bob joined"]
+    assert present(on_ada) == ["ada", "bob"]
+    on_bob.wait_for_function(page_sees, arg=1)
+    assert present(on_bob) == ["ada", "bob"]
+    # Not allowed on the channel: refused, and no presence frame ever.
+    watch(on_eve, CHANNEL, presence=True)
+    assert [f["code"] for f in received(on_eve, "error")] == ["forbidden"]
+    on_bob.context.close()
+    on_ada.wait_for_function(page_sees, arg=3)
+    assert presence_changes(on_ada) == ["snapshot of 1", "bob joined", "bob left"]
+    assert present(on_ada) == ["ada"]
+    assert received(on_eve, "presence") == []
+    sent = [f for f in on_ada.evaluate("() => window.sent") if f["action"] == "subscribe"]
+    assert sent[0]["presence"] is True
+    for page in (on_ada, on_eve):
+        page.context.close()

@@ -323,6 +323,28 @@ async def test_open_sockets_and_subscriptions_follow_the_sockets(member, read):
 
 
 @pytest.mark.django_db(transaction=True)
+@override_settings(EVENTBUS={**SOCKETS, "PRESENCE": "tests.testapp.presence.presence"})
+async def test_present_connections_and_presence_changes_are_counted(member, read):
+    from asgiref.sync import sync_to_async
+
+    value = sync_to_async(read)
+    present = await value("eventbus_presence_connections")
+    joins = await value("eventbus_presence_changes_total", kind="join")
+    leaves = await value("eventbus_presence_changes_total", kind="leave")
+    first, second = await connect(member), await connect(member)
+    for socket in (first, second):
+        assert (await ask(socket, {"action": "subscribe", "channel": CHANNEL}))[
+            "type"
+        ] == "subscribed"
+    assert await value("eventbus_presence_connections") == present + 2
+    assert await value("eventbus_presence_changes_total", kind="join") == joins + 1  # one user
+    await first.disconnect()
+    await second.disconnect()
+    assert await value("eventbus_presence_connections") == present
+    assert await value("eventbus_presence_changes_total", kind="leave") == leaves + 1
+
+
+@pytest.mark.django_db(transaction=True)
 @override_settings(EVENTBUS={**SOCKETS, "RESUME_MAX_EVENTS": 2, "WS_FRAMES_PER_MINUTE": 2})
 async def test_resumes_resets_and_rate_limits_are_counted(member, read):
     from asgiref.sync import sync_to_async

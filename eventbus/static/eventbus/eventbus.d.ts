@@ -97,7 +97,9 @@ export type ErrorCode =
   | "forbidden"
   | "not_subscribed"
   | "unavailable"
-  | "rate_limited";
+  | "rate_limited"
+  | "no_presence"
+  | "presence_unavailable";
 
 /** Frames the server sends (docs/protocol.md). */
 export interface EventFrame<E = EventEnvelope> {
@@ -130,6 +132,18 @@ export interface UnsubscribedFrame {
   reason: "requested" | "forbidden";
 }
 
+/** A present user: its key (the user's pk as text) and what the PRESENCE hook exposes. */
+export interface PresentUser<I = { [field: string]: unknown }> {
+  key: string;
+  info: I;
+  /** How many connections it has on the channel (snapshots only). */
+  connections?: number;
+}
+
+export type PresenceFrame =
+  | { type: "presence"; channel: string; kind: "snapshot"; users: Required<PresentUser>[] }
+  | { type: "presence"; channel: string; kind: "join" | "leave"; user: PresentUser };
+
 export interface PongFrame {
   type: "pong";
 }
@@ -147,6 +161,7 @@ export type ServerFrame<M extends EventMap = AnyEvents> =
   | SubscribedFrame
   | ResetFrame
   | UnsubscribedFrame
+  | PresenceFrame
   | PongFrame
   | ErrorFrame;
 
@@ -180,6 +195,17 @@ export interface SubscribeOptions<P extends readonly string[] | null = null> {
   since?: string | null;
   /** Shell-style patterns of the types wanted; null: all. */
   types?: P;
+  /** Ask for presence frames: a snapshot, then each user's join and leave. */
+  presence?: PresenceCallbacks | null;
+}
+
+export interface PresenceCallbacks {
+  /** Everyone present; again after a reconnect, replacing what came before. */
+  onSnapshot?: (users: Required<PresentUser>[], channel: string) => void;
+  /** A user's first connection arrived. */
+  onJoin?: (user: PresentUser, channel: string) => void;
+  /** A user's last connection went (closed, or its server died: within the TTL). */
+  onLeave?: (user: PresentUser, channel: string) => void;
 }
 
 export interface Position {
@@ -205,6 +231,8 @@ export declare class EventBusClient<M extends EventMap = AnyEvents> {
   unsubscribe(channel: string): void;
   /** Where `channel` stands: `{position, epoch}`; null when not subscribed. */
   position(channel: string): Position | null;
+  /** Who is present on `channel`, as the frames said; empty without `presence`. */
+  presence(channel: string): PresentUser[];
   /** Close the connection for good; subscriptions are kept for a later connect(). */
   close(): void;
 }

@@ -14,6 +14,13 @@
  *   });
  *   const stop = bus.subscribe(channel, { position: null, epoch: null, types: ["ticket.*"] },
  *                              (event, channel, position) => {});
+ *   // Presence (the server's PRESENCE hook on): who else watches the channel.
+ *   bus.subscribe(channel, { presence: {
+ *     onSnapshot: (users, channel) => {}, // everyone present: [{key, info, connections}]
+ *     onJoin: (user, channel) => {},      // {key, info}: a user's first connection came
+ *     onLeave: (user, channel) => {},     // {key, info}: its last connection went
+ *   } }, onEvent);
+ *   bus.presence(channel);   // who is present now, as the frames said: [{key, info}]
  *   bus.connect();
  *   stop();      // the same as bus.unsubscribe(channel)
  *   bus.close();
@@ -72,7 +79,7 @@ export class EventBusClient {
    */
   subscribe(
     channel,
-    { position = null, epoch = null, since = null, types = null } = {},
+    { position = null, epoch = null, since = null, types = null, presence = null } = {},
     onEvent = () => {},
   ) {
     const previous = this._channels.get(channel);
@@ -83,6 +90,9 @@ export class EventBusClient {
       types,
       onEvent,
       seen: previous?.seen ?? new Set(),
+      // Presence callbacks (null: not asked for), and who is present: key -> user.
+      presence,
+      present: new Map(),
     };
     this._channels.set(channel, entry);
     this._sendSubscribe(channel, entry);
@@ -99,6 +109,15 @@ export class EventBusClient {
   position(channel) {
     const entry = this._channels.get(channel);
     return entry === undefined ? null : { position: entry.position, epoch: entry.epoch };
+  }
+
+  /**
+   * Who is present on `channel` as the server last said: `[{key, info, connections?}]`
+   * (`connections` comes with the snapshot only); empty without `presence` on subscribe.
+   */
+  presence(channel) {
+    const entry = this._channels.get(channel);
+    return entry === undefined ? [] : [...entry.present.values()];
   }
 
   /** Close the connection for good; subscriptions are kept for a later connect(). */
@@ -178,6 +197,8 @@ export class EventBusClient {
     const entry = this._channels.get(frame.channel);
     if (frame.type === "event") {
       if (entry !== undefined) this._deliver(frame.channel, entry, frame);
+    } else if (frame.type === "presence") {
+      if (entry !== undefined && entry.presence !== null) this._presence(frame.channel, entry, frame);
     } else if (frame.type === "subscribed") {
       if (entry !== undefined) {
         entry.since = null; // positions from now on
@@ -207,10 +228,28 @@ export class EventBusClient {
         setTimeout(() => {
           if (this._channels.get(frame.channel) === entry) this._sendSubscribe(frame.channel, entry);
         }, this.options.minDelay);
+      } else if (frame.code === "no_presence" || frame.code === "presence_unavailable") {
+        // Subscribed all the same, without presence.
       } else if (frame.action === "subscribe") {
         this._channels.delete(frame.channel); // a refused subscribe is not retried
       }
       this.options.onError?.(frame);
+    }
+  }
+
+  _presence(channel, entry, frame) {
+    const { present, presence } = entry;
+    if (frame.kind === "snapshot") {
+      // After a reconnect too: the server's snapshot replaces what we had.
+      present.clear();
+      for (const user of frame.users) present.set(user.key, user);
+      presence.onSnapshot?.([...present.values()], channel);
+    } else if (frame.kind === "join") {
+      present.set(frame.user.key, frame.user);
+      presence.onJoin?.(frame.user, channel);
+    } else if (frame.kind === "leave") {
+      present.delete(frame.user.key);
+      presence.onLeave?.(frame.user, channel);
     }
   }
 
@@ -232,6 +271,7 @@ export class EventBusClient {
 
   _sendSubscribe(channel, entry) {
     const frame = { action: "subscribe", channel, types: entry.types };
+    if (entry.presence !== null) frame.presence = true;
     if (entry.position !== null) {
       frame.position = entry.position;
       if (entry.epoch) frame.epoch = entry.epoch;
