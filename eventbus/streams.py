@@ -56,7 +56,8 @@ def assign_positions(
     Call inside the transaction that claims the events: each channel's head stays
     locked until it commits, so positions become visible in order. Heads are locked
     in channel order, so two claims never wait on each other in a circle. This runs for
-    every relay batch, so it is four plain statements, not the ORM's bulk helpers.
+    every relay batch, so it is plain SQL, not the ORM's bulk helpers: the heads locked,
+    then (on PostgreSQL in one statement) moved on and the entries inserted.
     """
     from .models import EventRecord, StreamEntry, StreamHead
 
@@ -95,15 +96,29 @@ def assign_positions(
                 last[channel] += 1
                 mine[channel] = last[channel]
                 entries.append((channel, last[channel], prepared))
-        cursor.executemany(
-            f"UPDATE {heads_table} SET position = %s WHERE channel = %s",
-            [(last[name], name) for name in names],
-        )
-        cursor.executemany(
-            f"INSERT INTO {quote(StreamEntry._meta.db_table)} (channel, position, event_id) "
-            "VALUES (%s, %s, %s)",
-            entries,
-        )
+        entries_table = quote(StreamEntry._meta.db_table)
+        if connection.vendor == "postgresql":  # one statement: heads moved, entries in
+            cursor.execute(
+                f"""
+                WITH moved AS (
+                    UPDATE {heads_table} AS h SET position = v.position
+                    FROM unnest(%s::varchar[], %s::bigint[]) AS v(channel, position)
+                    WHERE h.channel = v.channel
+                )
+                INSERT INTO {entries_table} (channel, position, event_id)
+                SELECT * FROM unnest(%s::varchar[], %s::bigint[], %s::uuid[])
+                """,
+                [names, [last[name] for name in names], *map(list, zip(*entries, strict=True))],
+            )
+        else:
+            cursor.executemany(
+                f"UPDATE {heads_table} SET position = %s WHERE channel = %s",
+                [(last[name], name) for name in names],
+            )
+            cursor.executemany(
+                f"INSERT INTO {entries_table} (channel, position, event_id) VALUES (%s, %s, %s)",
+                entries,
+            )
     return positions
 
 
