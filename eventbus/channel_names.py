@@ -72,6 +72,20 @@ def _key_after(prefix: str, channel: str) -> ObjectKey | None:
         return None
 
 
+@functools.cache
+def _may_have_agent_id(payload_type: type) -> bool:
+    """Whether a payload of this type can have an ``agent_id``: the router asks it of
+    every event the relay numbers, and a Pydantic model's missing attribute is slow
+    to find missing (it builds an AttributeError each time)."""
+    fields = getattr(payload_type, "model_fields", None)
+    if not isinstance(fields, dict):
+        return True  # not a Pydantic model: ask each instance
+    config = getattr(payload_type, "model_config", {})
+    return (
+        "agent_id" in fields or hasattr(payload_type, "agent_id") or config.get("extra") == "allow"
+    )
+
+
 def default_channels(event: Event[Any]) -> list[str]:
     """Where an event goes: its project's channel, and the channel of each agent it is about.
 
@@ -82,7 +96,11 @@ def default_channels(event: Event[Any]) -> list[str]:
     if event.project_id is not None:
         channels.append(project_channel(event.project_id))
     agent_ids: list[ObjectKey] = []
-    payload_agent = getattr(event.payload, "agent_id", None)
+    payload_agent = (
+        getattr(event.payload, "agent_id", None)
+        if _may_have_agent_id(type(event.payload))
+        else None
+    )
     if payload_agent is not None:
         with contextlib.suppress(ValueError):  # not a key: the field means something else
             agent_ids.append(parse_key(payload_agent))
