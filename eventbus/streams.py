@@ -89,9 +89,13 @@ def assign_positions(
         positions: dict[UUID, Positions] = {}
         entries = []
         event_id_value = EventRecord._meta.pk.get_db_prep_value
+        native_uuid = connection.features.has_native_uuid_field
         for event_id, channels in events:
             mine = positions[event_id] = {}
-            prepared = event_id_value(event_id, connection)
+            if isinstance(event_id, UUID):  # what get_db_prep_value gives, at a fraction
+                prepared: Any = event_id if native_uuid else event_id.hex
+            else:
+                prepared = event_id_value(event_id, connection)
             for channel in dict.fromkeys(channels):
                 last[channel] += 1
                 mine[channel] = last[channel]
