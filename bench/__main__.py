@@ -35,6 +35,7 @@ RUNS: list[tuple[str, list[str]]] = [
     ("bench.observability", ["--db", "postgres"]),
     ("bench.relay_redis", ["--layer", "core"]),
     ("bench.relay_redis", ["--layer", "pubsub"]),
+    ("bench.relay_redis", ["--layer", "pubsub", "--db", "postgres"]),
     ("bench.replay", ["--db", "sqlite"]),
     ("bench.replay", ["--db", "postgres"]),
     ("bench.e2e", []),

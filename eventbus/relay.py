@@ -40,7 +40,7 @@ from .log import is_logged
 from .metrics import get_metrics
 from .models import EVENT_COLUMNS, DeliveryStatus, EventRecord, event_from_columns
 from .sinks import Sink, load_sink, send_to
-from .streams import assign_positions, positions_of
+from .streams import assign_positions, pg_array, positions_of
 from .tracing import get_tracing
 
 logger = logging.getLogger("eventbus.relay")
@@ -546,7 +546,7 @@ def _mark_delivered(ids: Sequence[UUID], now: datetime, using: str) -> None:
         DeliveryStatus.DELIVERED.value, connection.ops.adapt_datetimefield_value(now)
     ]  # fmt: skip
     if connection.vendor == "postgresql":
-        where, values = "id = ANY(%s)", [*values, list(ids)]
+        where, values = "id = ANY(%s::uuid[])", [*values, pg_array(i.hex for i in ids)]
     else:
         prep = EventRecord._meta.pk.get_db_prep_value
         where = f"id IN ({', '.join(['%s'] * len(ids))})"

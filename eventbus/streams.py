@@ -112,7 +112,13 @@ def assign_positions(
                 INSERT INTO {entries_table} (channel, position, event_id)
                 SELECT * FROM unnest(%s::varchar[], %s::bigint[], %s::uuid[])
                 """,
-                [names, [last[name] for name in names], *map(list, zip(*entries, strict=True))],
+                [
+                    pg_array(f'"{name}"' for name in names),
+                    pg_array(str(last[name]) for name in names),
+                    pg_array(f'"{channel}"' for channel, _, _ in entries),
+                    pg_array(str(position) for _, position, _ in entries),
+                    pg_array(str(event_id) for _, _, event_id in entries),
+                ],
             )
         else:
             cursor.executemany(
@@ -124,6 +130,15 @@ def assign_positions(
                 entries,
             )
     return positions
+
+
+def pg_array(elements: Iterable[str]) -> str:
+    """A PostgreSQL array literal of elements written already (quoted where needed).
+
+    Django binds parameters on the client with psycopg, which renders a Python list
+    element by element; a batch's arrays as one text parameter cost a join instead.
+    """
+    return "{" + ",".join(elements) + "}"
 
 
 def positions_of(event_ids: Iterable[UUID], using: str | None = None) -> dict[UUID, Positions]:
