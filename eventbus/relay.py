@@ -539,24 +539,25 @@ def _sqlite_reader(connection: Any) -> Callable[[Sequence[Any]], list[Any]]:
 
 
 def _mark_delivered(ids: Sequence[UUID], now: datetime, using: str) -> None:
-    """One ``UPDATE``: the events sent are delivered (inside the caller's transaction)."""
+    """The events sent are delivered (inside the caller's transaction): one ``UPDATE``
+    on PostgreSQL, one per 500 ids on SQLite (which caps a statement's parameters)."""
     connection = connections[using]
     table = connection.ops.quote_name(EventRecord._meta.db_table)
+    update = (
+        f"UPDATE {table} SET status = %s, delivered_at = %s, next_attempt_at = NULL, "
+        "last_error = '' WHERE "
+    )
     values: list[Any] = [
         DeliveryStatus.DELIVERED.value, connection.ops.adapt_datetimefield_value(now)
     ]  # fmt: skip
-    if connection.vendor == "postgresql":
-        where, values = "id = ANY(%s::uuid[])", [*values, pg_array(i.hex for i in ids)]
-    else:
-        prep = EventRecord._meta.pk.get_db_prep_value
-        where = f"id IN ({', '.join(['%s'] * len(ids))})"
-        values += [prep(event_id, connection) for event_id in ids]
     with connection.cursor() as cursor:
-        cursor.execute(
-            f"UPDATE {table} SET status = %s, delivered_at = %s, next_attempt_at = NULL, "
-            f"last_error = '' WHERE {where}",
-            values,
-        )
+        if connection.vendor == "postgresql":
+            cursor.execute(update + "id = ANY(%s::uuid[])", [*values, pg_array(i.hex for i in ids)])
+            return
+        prep = EventRecord._meta.pk.get_db_prep_value
+        for start in range(0, len(ids), 500):
+            chunk = [prep(event_id, connection) for event_id in ids[start : start + 500]]
+            cursor.execute(update + f"id IN ({', '.join(['%s'] * len(chunk))})", [*values, *chunk])
 
 
 def assign_sequences(ids: Iterable[UUID], using: str | None = None) -> None:
