@@ -293,8 +293,8 @@ class Relay:
         with transaction.atomic(using=self.using):
             if delivered:
                 _mark_delivered(delivered, now, self.using)
-            rows = claim_due_rows(now, lease_until, sweep_before, settings.RELAY_BATCH_SIZE,
-                                  using=self.using)  # fmt: skip
+            batch_size = settings.RELAY_BATCH_SIZE
+            rows = claim_due_rows(now, lease_until, sweep_before, batch_size, using=self.using)
             events: list[Event[Any]] = []
             routed: list[tuple[UUID, list[str]]] = []
             unnumber: list[UUID] = []
@@ -438,9 +438,12 @@ async def _send(
 
 
 def claim_due_rows(
-    now: datetime, lease_until: datetime, sweep_before: datetime, limit: int,
+    now: datetime,
+    lease_until: datetime,
+    sweep_before: datetime,
+    limit: int,
     using: str | None = None,
-) -> list[tuple[list[Any], bool]]:  # fmt: skip
+) -> list[tuple[list[Any], bool]]:
     """Lease the next due pending rows and number those never numbered, in one statement.
 
     Due: ``next_attempt_at`` has passed, or it was never set (never handed off) and the
@@ -547,9 +550,8 @@ def _mark_delivered(ids: Sequence[UUID], now: datetime, using: str) -> None:
         f"UPDATE {table} SET status = %s, delivered_at = %s, next_attempt_at = NULL, "
         "last_error = '' WHERE "
     )
-    values: list[Any] = [
-        DeliveryStatus.DELIVERED.value, connection.ops.adapt_datetimefield_value(now)
-    ]  # fmt: skip
+    delivered_at = connection.ops.adapt_datetimefield_value(now)
+    values: list[Any] = [DeliveryStatus.DELIVERED.value, delivered_at]
     with connection.cursor() as cursor:
         if connection.vendor == "postgresql":
             cursor.execute(update + "id = ANY(%s::uuid[])", [*values, pg_array(i.hex for i in ids)])
