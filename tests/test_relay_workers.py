@@ -9,6 +9,7 @@ from typing import Any
 from uuid import uuid4
 
 import pytest
+from asgiref.sync import async_to_sync
 from django.db import DatabaseError, connection, connections
 from django.test import override_settings
 from django.utils import timezone
@@ -173,7 +174,9 @@ def test_two_worker_loops_deliver_each_event_once():
         try:
             deadline = time.monotonic() + 60
             while time.monotonic() < deadline:
-                asyncio.run(Relay(sink=sink).arun(until_idle=True))
+                # async_to_sync: the loop's database work runs in this thread, on its
+                # own connection, as in a process of its own.
+                async_to_sync(Relay(sink=sink).arun)(until_idle=True)
                 if not EventRecord.objects.filter(status=DeliveryStatus.PENDING).exists():
                     return
         except BaseException as exc:  # surfaced to the test below
