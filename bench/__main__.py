@@ -36,6 +36,7 @@ RUNS: list[tuple[str, list[str]]] = [
     ("bench.relay_redis", ["--layer", "core"]),
     ("bench.relay_redis", ["--layer", "pubsub"]),
     ("bench.presence", []),
+    ("bench.relay_redis", ["--layer", "pubsub", "--db", "postgres"]),
     ("bench.replay", ["--db", "sqlite"]),
     ("bench.replay", ["--db", "postgres"]),
     ("bench.e2e", []),

@@ -31,7 +31,7 @@ _CHANNEL_NAME = re.compile(r"[A-Za-z0-9._-]{1,90}")
 
 def validate_channel(channel: object) -> str:
     """Return ``channel`` if it is a usable group name, else raise InvalidChannelError."""
-    if not isinstance(channel, str) or not _CHANNEL_NAME.fullmatch(channel):
+    if not isinstance(channel, str) or not _is_channel_name(str(channel)):
         raise InvalidChannelError(
             f"{channel!r} is not a valid channel name: use 1 to 90 ASCII letters, digits, "
             "'.', '-' or '_'."
@@ -39,6 +39,13 @@ def validate_channel(channel: object) -> str:
     return channel
 
 
+@functools.lru_cache(maxsize=1024)
+def _is_channel_name(name: str) -> bool:
+    # The relay checks the channels of every event it numbers, and they repeat.
+    return _CHANNEL_NAME.fullmatch(name) is not None
+
+
+@functools.lru_cache(maxsize=4096, typed=True)  # typed: True is not the key 1
 def project_channel(project_id: ObjectKey) -> str:
     """The channel of a project's events; ValueError for a key that is not valid."""
     return f"{_PROJECT}{key_slug(parse_key(project_id))}"
@@ -72,6 +79,20 @@ def _key_after(prefix: str, channel: str) -> ObjectKey | None:
         return None
 
 
+@functools.cache
+def _may_have_agent_id(payload_type: type) -> bool:
+    """Whether a payload of this type can have an ``agent_id``: the router asks it of
+    every event the relay numbers, and a Pydantic model's missing attribute is slow
+    to find missing (it builds an AttributeError each time)."""
+    fields = getattr(payload_type, "model_fields", None)
+    if not isinstance(fields, dict):
+        return True  # not a Pydantic model: ask each instance
+    config = getattr(payload_type, "model_config", {})
+    return (
+        "agent_id" in fields or hasattr(payload_type, "agent_id") or config.get("extra") == "allow"
+    )
+
+
 def default_channels(event: Event[Any]) -> list[str]:
     """Where an event goes: its project's channel, and the channel of each agent it is about.
 
@@ -82,7 +103,10 @@ def default_channels(event: Event[Any]) -> list[str]:
     if event.project_id is not None:
         channels.append(project_channel(event.project_id))
     agent_ids: list[ObjectKey] = []
-    payload_agent = getattr(event.payload, "agent_id", None)
+    payload_type: type = type(event.payload)
+    payload_agent = (
+        getattr(event.payload, "agent_id", None) if _may_have_agent_id(payload_type) else None
+    )
     if payload_agent is not None:
         with contextlib.suppress(ValueError):  # not a key: the field means something else
             agent_ids.append(parse_key(payload_agent))

@@ -43,6 +43,7 @@ E019 = "eventbus.E019"  # a HEALTH_MAX_* count is not a whole number of 0 or mor
 E020 = "eventbus.E020"  # metrics on, PROMETHEUS_MULTIPROC_DIR not a writable directory
 E021 = "eventbus.E021"  # PRESENCE cannot be imported, or is not callable
 E022 = "eventbus.E022"  # PRESENCE_TTL_SECONDS not above PRESENCE_HEARTBEAT_SECONDS
+E027 = "eventbus.E027"  # the event log is on SQLite older than 3.35 (no RETURNING)
 W001 = "eventbus.W001"  # CATALOGS is empty
 W002 = "eventbus.W002"  # a payload model is not frozen
 W003 = "eventbus.W003"  # no AUTHORIZE hook
@@ -116,6 +117,7 @@ def check_eventbus(
             check_numbers,
             check_counts,
             check_metrics_dir,
+            check_log_database,
             check_origins,
             check_server_message_size,
         )
@@ -656,6 +658,38 @@ def check_metrics_dir(
             hint="Create it (empty) before the processes start, writable by all of them; or "
             "unset it for one process, or set EVENTBUS['METRICS'] = False.",
             id=E020,
+        )
+    ]
+
+
+# The relay leases, numbers and reads a batch in one UPDATE ... RETURNING.
+SQLITE_MIN_VERSION = (3, 35, 0)
+
+
+def _sqlite_version() -> tuple[int, int, int]:
+    import sqlite3
+
+    return sqlite3.sqlite_version_info
+
+
+def check_log_database(
+    app_configs: Sequence[AppConfig] | None = None, **kwargs: Any
+) -> list[CheckMessage]:
+    """The relay's claim needs SQLite 3.35 (``RETURNING``) when the log is on SQLite."""
+    from django.db import connections, router
+
+    from .models import EventRecord
+
+    alias = router.db_for_write(EventRecord)
+    if connections[alias].vendor != "sqlite" or _sqlite_version() >= SQLITE_MIN_VERSION:
+        return []
+    found = ".".join(map(str, _sqlite_version()))
+    return [
+        Error(
+            f"The event log is on SQLite {found} (database {alias!r}): the relay claims "
+            "a batch with UPDATE ... RETURNING, which needs SQLite 3.35 or newer.",
+            hint="Use a Python built with a newer SQLite (or pysqlite3), or PostgreSQL.",
+            id=E027,
         )
     ]
 

@@ -6,6 +6,7 @@ search) is read by :func:`parse_uuid`, so they all accept and refuse the same fo
 
 from __future__ import annotations
 
+import functools
 import random
 import re
 import threading
@@ -106,6 +107,14 @@ def parse_key(value: object) -> ObjectKey:
         f"{value!r} is not a valid key: use a UUID, an integer, or 1 to 64 letters, digits, "
         "'-' or '_'"
     )
+
+
+@functools.lru_cache(maxsize=4096)
+def parse_key_text(text: str) -> ObjectKey:
+    """:func:`parse_key` of a key's text as the log stores it, remembered: a log's keys
+    repeat (every event of a project has its key), and readers such as the relay
+    parse them row after row."""
+    return parse_key(text)
 
 
 def key_text(key: ObjectKey) -> str:

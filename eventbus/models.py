@@ -9,7 +9,7 @@ from django.utils.translation import gettext_lazy as _
 
 from .catalog import catalog
 from .envelope import ActorType, Event, parse_traceparent
-from .ids import key_text, parse_key
+from .ids import key_text, parse_key, parse_key_text
 
 
 class DeliveryStatus(models.TextChoices):
@@ -122,8 +122,8 @@ def event_from_columns(
             "id": id,
             "type": entry.member,
             "timestamp": timestamp,
-            "project_id": None if project_id is None else parse_key(project_id),
-            "actor_id": None if actor_id is None else parse_key(actor_id),
+            "project_id": None if project_id is None else _read_key(project_id),
+            "actor_id": None if actor_id is None else _read_key(actor_id),
             "actor_type": ActorType(actor_type),
             "payload": entry.read_payload(payload, payload_version),
             "correlation_id": correlation_id,
@@ -132,6 +132,10 @@ def event_from_columns(
             "traceparent": parse_traceparent(traceparent) if traceparent else None,
         }
     )
+
+
+def _read_key(value: Any) -> Any:
+    return parse_key_text(value) if type(value) is str else parse_key(value)
 
 
 def event_to_columns(event: Event[Any], payload: Any) -> dict[str, Any]:

@@ -14,10 +14,12 @@ concurrent claims collide on the database lock and the loser retries later.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
 import logging
 import threading
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -25,7 +27,7 @@ from uuid import UUID
 
 from asgiref.sync import async_to_sync, sync_to_async
 from django.db import DatabaseError, connections, router, transaction
-from django.db.models import F, Q
+from django.db.models import F
 from django.utils import timezone
 
 from . import conf
@@ -38,7 +40,7 @@ from .log import is_logged
 from .metrics import get_metrics
 from .models import EVENT_COLUMNS, DeliveryStatus, EventRecord, event_from_columns
 from .sinks import Sink, load_sink, send_to
-from .streams import assign_positions, positions_of
+from .streams import assign_positions, pg_array, positions_of
 from .tracing import get_tracing
 
 logger = logging.getLogger("eventbus.relay")
@@ -148,7 +150,9 @@ class Relay:
     async def _aclaim(self, now: datetime | None, report: RelayReport) -> Batch:
         return await sync_to_async(self._claim_due, thread_sensitive=True)(now, report)
 
-    async def _adeliver(self, claimed: Batch, report: RelayReport) -> None:
+    async def _adeliver(self, claimed: Batch, report: RelayReport, mark: bool = True) -> None:
+        """Send a claimed batch and record the outcome; with ``mark=False`` the caller
+        marks what was sent (``report.delivered``) delivered."""
         if not claimed.events:
             return
         ids = [event.id for event in claimed.events]
@@ -163,7 +167,8 @@ class Relay:
             report.retrying.extend(outcome["retrying"])
             report.failed.extend(outcome["failed"])
         else:
-            await sync_to_async(self._complete, thread_sensitive=True)(ids, ids, None)
+            if mark:
+                await sync_to_async(self._complete, thread_sensitive=True)(ids, ids, None)
             report.delivered.extend(ids)
 
     async def arun(
@@ -183,11 +188,20 @@ class Relay:
         delivered = 0
         claim: asyncio.Task[Batch] | None = None
         claim_report = RelayReport()
+        # Sent but not yet marked delivered: the next claim's transaction marks them, so
+        # a backlog costs one commit per batch. A claim that fails hands them back.
+        sent: list[UUID] = []
 
         def stopping() -> bool:
             return (stop is not None and stop.is_set()) or (
                 deadline is not None and time.monotonic() >= deadline
             )
+
+        def start_claim() -> asyncio.Task[Batch]:
+            nonlocal claim_report, sent
+            claim_report = RelayReport()
+            carried, sent = sent, []
+            return asyncio.create_task(self._aclaim_marking(claim_report, carried, sent))
 
         swept_at = 0.0
         try:
@@ -198,29 +212,59 @@ class Relay:
                 if claim is None:
                     if stopping():
                         break
-                    claim_report = RelayReport()
-                    claim = asyncio.create_task(self._aclaim(None, claim_report))
+                    claim = start_claim()
                 report, batch = claim_report, Batch()
                 try:
                     batch = await claim
                     claim = None
                     if batch.events and not stopping():  # claim the next batch while this one goes
-                        claim_report = RelayReport()
-                        claim = asyncio.create_task(self._aclaim(None, claim_report))
-                    await self._adeliver(batch, report)  # sent even when stopping
+                        claim = start_claim()
+                    await self._adeliver(batch, report, mark=False)  # sent even when stopping
+                    sent.extend(report.delivered)
                 except DatabaseError as exc:  # e.g. SQLite "database is locked": try again
                     # Rows claimed but not completed wait out their lease, then retry.
                     logger.warning("Relay pass failed, retrying: %s", exc)
                     claim = None if claim is not None and claim.done() else claim
                 delivered += len(report.delivered)
                 if not report and claim is None:
+                    await self._amark_sent(sent)
                     if until_idle:
                         break
                     await asyncio.sleep(settings.RELAY_POLL_INTERVAL)
         finally:
             if claim is not None:
                 claim.cancel()
+                with contextlib.suppress(BaseException):
+                    await claim  # its thread finishes the transaction; what it carried is back
+            await self._amark_sent(sent)
         return delivered
+
+    async def _aclaim_marking(
+        self, report: RelayReport, carried: list[UUID], sent: list[UUID]
+    ) -> Batch:
+        """Claim the next batch, marking ``carried`` delivered in the same transaction.
+
+        If the transaction fails (or is cancelled), ``carried`` goes back to ``sent``:
+        marking delivered twice is harmless, not marking it would send those events again.
+        """
+        try:
+            return await sync_to_async(self._claim_due, thread_sensitive=True)(
+                None, report, carried
+            )
+        except BaseException:
+            sent.extend(carried)
+            raise
+
+    async def _amark_sent(self, sent: list[UUID]) -> None:
+        if not sent:
+            return
+        ids = list(sent)
+        sent.clear()
+        try:
+            await sync_to_async(self._complete, thread_sensitive=True)(ids, ids, None)
+        except DatabaseError as exc:  # their lease runs out and they are sent again
+            sent.extend(ids)
+            logger.warning("Relay could not mark %d sent event(s) delivered: %s", len(ids), exc)
 
     async def _asweep(self) -> None:
         """Durable runs that nothing else will enqueue (eventbus/durable.py's sweep)."""
@@ -233,38 +277,53 @@ class Relay:
 
     # -- database steps (sync, in one short transaction each) ----------------
 
-    def _claim_due(self, now: datetime | None, report: RelayReport) -> Batch:
+    def _claim_due(
+        self, now: datetime | None, report: RelayReport, delivered: Sequence[UUID] = ()
+    ) -> Batch:
+        """Mark ``delivered`` delivered, then claim, number and read the next due rows.
+
+        One transaction: one statement leases the due rows and numbers the new ones
+        (``sequence``) and returns them, a second locks their channels' heads, and a
+        third moves the heads on and inserts the entries (:func:`assign_positions`).
+        """
         settings = conf.get_settings()
         now = now or timezone.now()
-        connection = connections[self.using]
+        lease_until = now + timedelta(seconds=settings.RELAY_CLAIM_SECONDS)
+        sweep_before = now - timedelta(seconds=settings.RELAY_SWEEP_AFTER)
         with transaction.atomic(using=self.using):
-            due = (
-                EventRecord.objects.using(self.using)
-                .filter(status=DeliveryStatus.PENDING)
-                .filter(
-                    Q(next_attempt_at__lte=now)
-                    | Q(
-                        next_attempt_at__isnull=True,
-                        timestamp__lte=now - timedelta(seconds=settings.RELAY_SWEEP_AFTER),
-                    )
-                )
-                .order_by("timestamp", "id")
-            )
-            if connection.features.has_select_for_update_skip_locked:
-                due = due.select_for_update(skip_locked=True)
-            rows = list(due.values_list(*EVENT_COLUMNS, "sequence")[: settings.RELAY_BATCH_SIZE])
+            if delivered:
+                _mark_delivered(delivered, now, self.using)
+            batch_size = settings.RELAY_BATCH_SIZE
+            rows = claim_due_rows(now, lease_until, sweep_before, batch_size, using=self.using)
             events: list[Event[Any]] = []
-            for *columns, _ in rows:
+            routed: list[tuple[UUID, list[str]]] = []
+            unnumber: list[UUID] = []
+            for columns, fresh in rows:
                 try:
-                    events.append(event_from_columns(*columns))
+                    event = event_from_columns(*columns)
                 except Exception as exc:
                     self._mark_corrupted(columns[0], columns[1], exc)
                     report.corrupted.append(columns[0])
-            # Rows without a sequence have never been claimed: they get their numbers now.
-            fresh = {row[0] for row in rows if row[-1] is None}
-            positions = self._claim(events, now, report, fresh=fresh)
-        failed = set(report.failed)
-        return Batch([event for event in events if event.id not in failed], positions)
+                    if fresh:
+                        unnumber.append(columns[0])
+                    continue
+                if fresh:
+                    try:
+                        routed.append((event.id, route(event)))
+                    except Exception as exc:
+                        self._mark_failed(event.id, event.type.value, "channel router failed", exc)
+                        report.failed.append(event.id)
+                        unnumber.append(event.id)
+                        continue
+                events.append(event)
+            if unnumber:  # numbered by the claim, but failed: no sequence without positions
+                EventRecord.objects.using(self.using).filter(id__in=unnumber).update(sequence=None)
+            positions = assign_positions(routed, using=self.using)
+            fresh_ids = {event_id for event_id, _ in routed}
+            retried = [event.id for event in events if event.id not in fresh_ids]
+            if retried:
+                positions.update(positions_of(retried, using=self.using))
+        return Batch(events, positions)
 
     def _claim(
         self,
@@ -319,12 +378,7 @@ class Relay:
         outcome: dict[str, list[UUID]] = {"retrying": [], "failed": []}
         with transaction.atomic(using=self.using):
             if delivered:
-                records.filter(id__in=delivered).update(
-                    status=DeliveryStatus.DELIVERED,
-                    delivered_at=now,
-                    next_attempt_at=None,
-                    last_error="",
-                )
+                _mark_delivered(delivered, now, self.using)
             delivered_ids = set(delivered)
             undelivered = [event_id for event_id in ids if event_id not in delivered_ids]
             max_attempts = conf.get_settings().RELAY_MAX_ATTEMPTS
@@ -381,6 +435,131 @@ async def _send(
         get_metrics().send_failed(path)
         raise
     get_metrics().delivered(len(events), path)
+
+
+def claim_due_rows(
+    now: datetime,
+    lease_until: datetime,
+    sweep_before: datetime,
+    limit: int,
+    using: str | None = None,
+) -> list[tuple[list[Any], bool]]:
+    """Lease the next due pending rows and number those never numbered, in one statement.
+
+    Due: ``next_attempt_at`` has passed, or it was never set (never handed off) and the
+    row is ``sweep_before`` or older. The oldest ``limit`` of them (by timestamp, id)
+    get one more attempt, a lease until ``lease_until``, and, those without one, the
+    next ``sequence`` numbers in that order. Returns each row's values in
+    ``EVENT_COLUMNS`` order and whether it was numbered just now, oldest first. Call
+    inside a transaction. PostgreSQL skips rows another worker has locked; SQLite's
+    write lock serializes claims.
+    """
+    alias = using or router.db_for_write(EventRecord)
+    connection = connections[alias]
+    table = connection.ops.quote_name(EventRecord._meta.db_table)
+    adapt = connection.ops.adapt_datetimefield_value
+    columns = ", ".join(connection.ops.quote_name(column) for column in EVENT_COLUMNS)
+    due = (
+        f"SELECT id, sequence, timestamp FROM {table} WHERE status = %s "
+        "AND (next_attempt_at <= %s OR (next_attempt_at IS NULL AND timestamp <= %s)) "
+        "ORDER BY timestamp, id LIMIT %s"
+    )
+    due_params = [DeliveryStatus.PENDING.value, adapt(now), adapt(sweep_before), limit]
+    with connection.cursor() as cursor:
+        if connection.vendor == "postgresql":
+            # The numbers are drawn as the ordered rows come out of the subquery.
+            cursor.execute(
+                f"""
+                UPDATE {table} AS t SET attempts = t.attempts + 1, next_attempt_at = %s,
+                    sequence = COALESCE(t.sequence, due.seq)
+                FROM (
+                    SELECT id, CASE WHEN sequence IS NULL
+                        THEN nextval('eventbus_event_sequence') END AS seq
+                    FROM ({due} FOR UPDATE SKIP LOCKED) AS ordered
+                ) AS due
+                WHERE t.id = due.id
+                RETURNING {", ".join(f"t.{column}" for column in columns.split(", "))},
+                    due.seq IS NOT NULL
+                """,
+                [adapt(lease_until), *due_params],
+            )
+            rows = cursor.fetchall()
+            read: Callable[[Sequence[Any]], list[Any]] = _read_postgresql
+        else:
+            # SQLite numbers on from MAX; the write lock keeps it until the commit.
+            cursor.execute(f"SELECT COALESCE(MAX(sequence), 0) FROM {table}")
+            (base,) = cursor.fetchone()
+            cursor.execute(
+                f"""
+                UPDATE {table} AS t SET attempts = t.attempts + 1, next_attempt_at = %s,
+                    sequence = COALESCE(t.sequence, %s + due.n)
+                FROM (
+                    SELECT id, ROW_NUMBER() OVER (
+                        PARTITION BY sequence IS NULL ORDER BY timestamp, id) AS n
+                    FROM ({due}) AS ordered
+                ) AS due
+                WHERE t.id = due.id
+                RETURNING {columns}, sequence > %s
+                """,
+                [adapt(lease_until), base, *due_params, base],
+            )
+            rows = cursor.fetchall()
+            read = _sqlite_reader(connection)
+    claimed = [(read(row), bool(row[-1])) for row in rows]
+    claimed.sort(key=lambda item: (item[0][2], item[0][0]))  # RETURNING keeps no order
+    return claimed
+
+
+def _read_postgresql(row: Sequence[Any]) -> list[Any]:
+    # psycopg gives UUIDs and aware datetimes; Django loads jsonb as text.
+    columns = list(row[:-1])
+    columns[6] = json.loads(columns[6])
+    return columns
+
+
+def _sqlite_reader(connection: Any) -> Callable[[Sequence[Any]], list[Any]]:
+    """Row values as the ORM would give them: UUIDs from hex, datetimes in the
+    connection's time zone (what ``convert_datetimefield_value`` does, without its
+    per-value checks), payloads decoded."""
+    zone = connection.timezone  # None without USE_TZ
+
+    def read(row: Sequence[Any]) -> list[Any]:
+        columns = list(row[:-1])
+        columns[0] = UUID(columns[0])
+        timestamp = columns[2]  # Django's sqlite3 converter parses declared datetimes
+        if isinstance(timestamp, str):
+            timestamp = datetime.fromisoformat(timestamp)
+        if zone is not None and timestamp.tzinfo is None:
+            timestamp = timestamp.replace(tzinfo=zone)
+        columns[2] = timestamp
+        columns[6] = json.loads(columns[6])
+        columns[7] = UUID(columns[7])
+        if columns[8] is not None:
+            columns[8] = UUID(columns[8])
+        return columns
+
+    return read
+
+
+def _mark_delivered(ids: Sequence[UUID], now: datetime, using: str) -> None:
+    """The events sent are delivered (inside the caller's transaction): one ``UPDATE``
+    on PostgreSQL, one per 500 ids on SQLite (which caps a statement's parameters)."""
+    connection = connections[using]
+    table = connection.ops.quote_name(EventRecord._meta.db_table)
+    update = (
+        f"UPDATE {table} SET status = %s, delivered_at = %s, next_attempt_at = NULL, "
+        "last_error = '' WHERE "
+    )
+    delivered_at = connection.ops.adapt_datetimefield_value(now)
+    values: list[Any] = [DeliveryStatus.DELIVERED.value, delivered_at]
+    with connection.cursor() as cursor:
+        if connection.vendor == "postgresql":
+            cursor.execute(update + "id = ANY(%s::uuid[])", [*values, pg_array(i.hex for i in ids)])
+            return
+        prep = EventRecord._meta.pk.get_db_prep_value
+        for start in range(0, len(ids), 500):
+            chunk = [prep(event_id, connection) for event_id in ids[start : start + 500]]
+            cursor.execute(update + f"id IN ({', '.join(['%s'] * len(chunk))})", [*values, *chunk])
 
 
 def assign_sequences(ids: Iterable[UUID], using: str | None = None) -> None:

@@ -2,10 +2,13 @@
 
 import random
 import string
+from types import SimpleNamespace
 
 import pytest
+from pydantic import BaseModel, ConfigDict
 
-from eventbus.channel_names import validate_channel
+from eventbus.channel_names import default_channels, validate_channel
+from eventbus.envelope import ActorType
 from eventbus.exceptions import InvalidChannelError
 
 ALLOWED = set(string.ascii_letters + string.digits + "._-")
@@ -64,3 +67,39 @@ def test_seeded_fuzz_agrees_with_the_oracle():
         accepted += got
     # The fuzz must exercise both sides, or it checks nothing.
     assert checked == 20_000 and 1_000 < accepted < 19_000
+
+
+class _Plain(BaseModel):
+    order_id: int = 1
+
+
+class _AgentField(BaseModel):
+    agent_id: int = 7
+
+
+class _AgentExtra(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+
+class _AgentProperty(BaseModel):
+    @property
+    def agent_id(self) -> int:
+        return 9
+
+
+@pytest.mark.parametrize(
+    ("payload", "agents"),
+    [
+        (_Plain(), []),
+        (_AgentField(), ["eventbus.agent.7"]),
+        (_AgentExtra(agent_id=8), ["eventbus.agent.8"]),
+        (_AgentExtra(), []),
+        (_AgentProperty(), ["eventbus.agent.9"]),
+    ],
+)
+def test_default_router_finds_an_agent_id_however_the_payload_has_one(payload, agents):
+    """The router skips looking on payload types that cannot have one, and only those."""
+    event = SimpleNamespace(
+        project_id=3, payload=payload, actor_type=ActorType.SYSTEM, actor_id=None
+    )
+    assert default_channels(event) == ["eventbus.project.3", *agents]

@@ -120,7 +120,9 @@ def test_every_id_is_defined_once_in_the_checks_module_with_its_level():
     from eventbus import checks as eventbus_checks
 
     defined = {
-        name: value for name, value in vars(eventbus_checks).items() if re.fullmatch(r"[EW]\d{3}", name)
+        name: value
+        for name, value in vars(eventbus_checks).items()
+        if re.fullmatch(r"[EW]\d{3}", name)
     }
     assert len(set(defined.values())) == len(defined)
     assert all(value == f"eventbus.{name}" for name, value in defined.items())
@@ -344,3 +346,15 @@ def test_an_in_memory_layer_warns_at_deploy_only(backend, sink, expected):
         assert "eventbus.W010" not in ids(run_checks())
         deploy = ids(checks.run_checks(include_deployment_checks=True))
     assert ("eventbus.W010" in deploy) is expected
+
+
+def test_log_on_sqlite_older_than_3_35_is_e027(monkeypatch):
+    from django.db import connection
+
+    from eventbus import checks as eventbus_checks
+
+    assert "eventbus.E027" not in ids(run_checks())
+    monkeypatch.setattr(eventbus_checks, "_sqlite_version", lambda: (3, 34, 1))
+    # PostgreSQL has RETURNING whatever the sqlite3 module of this Python is.
+    expected = ["eventbus.E027"] if connection.vendor == "sqlite" else []
+    assert ids(run_checks()) == expected

@@ -15,9 +15,10 @@ from django.db import connection, transaction
 from django.test import override_settings
 from django.utils import timezone
 
-from eventbus.models import DeliveryStatus, EventRecord
-from eventbus.relay import Relay, backoff_seconds
+from eventbus.models import DeliveryStatus, EventRecord, StreamEntry
+from eventbus.relay import Relay, backoff_seconds, redeliver
 from eventbus.sinks import load_sink
+from eventbus.streams import positions_of
 from tests.testapp.events import ShopEvent
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.db_heavy]
@@ -145,6 +146,40 @@ def test_corrupted_rows_are_failed_and_the_rest_flows(dispatcher, sink):
         row = EventRecord.objects.get(id=event_id)
         assert row.status == DeliveryStatus.FAILED and row.last_error.startswith("corrupted row:")
     assert sink.events == [good]
+
+
+def picky_router(event):
+    """A channel router that cannot route order 2."""
+    if event.payload.order_id == 2:
+        raise LookupError("no channel for order 2")
+    return [f"orders.{event.payload.order_id}"]
+
+
+def test_rows_that_fail_to_read_or_route_get_no_sequence_until_delivered(dispatcher, sink):
+    """A sequence comes with the positions: a row failed for its payload or its router
+    is left unnumbered, so once fixed and redelivered it is numbered and positioned."""
+    with override_settings(
+        EVENTBUS=relay_settings(HAND_OFF_ON_COMMIT=False, CHANNEL_ROUTER=f"{__name__}.picky_router")
+    ):
+        good = publish(dispatcher, 1)
+        unroutable = publish(dispatcher, 2)
+        unreadable = publish(dispatcher, 3)
+        EventRecord.objects.filter(id=unreadable.id).update(payload={"order_id": "three"})
+        report = Relay().run_once(now=later(11))
+        assert report.delivered == [good.id]
+        assert report.failed == [unroutable.id] and report.corrupted == [unreadable.id]
+        rows = EventRecord.objects.in_bulk([good.id, unroutable.id, unreadable.id])
+        assert rows[good.id].sequence is not None
+        assert rows[unroutable.id].sequence is None and rows[unreadable.id].sequence is None
+        assert not StreamEntry.objects.filter(event_id__in=[unroutable.id, unreadable.id])
+
+        EventRecord.objects.filter(id=unreadable.id).update(payload={"order_id": 4})
+        assert redeliver([unreadable.id]) == 1
+        report = Relay().run_once(now=later(12))
+        assert report.delivered == [unreadable.id]
+        row = EventRecord.objects.get(id=unreadable.id)
+        assert row.sequence > rows[good.id].sequence
+        assert positions_of([unreadable.id]) == {unreadable.id: {"orders.4": 1}}
 
 
 def test_thousand_events_survive_a_sink_outage(dispatcher, sink, capsys):

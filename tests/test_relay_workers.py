@@ -9,7 +9,8 @@ from typing import Any
 from uuid import uuid4
 
 import pytest
-from django.db import DatabaseError, connection
+from asgiref.sync import async_to_sync
+from django.db import DatabaseError, connection, connections
 from django.test import override_settings
 from django.utils import timezone
 
@@ -158,3 +159,88 @@ async def test_worker_loop_stops_when_asked_and_sends_what_it_claimed():
     stop = asyncio.Event()
     stop.set()  # asked to stop before it starts: nothing is claimed
     assert await Relay(sink=sink).arun(stop=stop) == 0 and sink.ids == []
+
+
+@override_settings(EVENTBUS={"CATALOGS": [], "RELAY_BATCH_SIZE": 50})
+def test_two_worker_loops_deliver_each_event_once():
+    """Two arun() loops over one backlog, as two ``eventbus_relay`` processes run: each
+    marks what it sent delivered in its next claim's transaction, and nothing is lost,
+    sent twice or numbered twice."""
+    make_backlog(BACKLOG)
+    sink = CountingSink()
+    errors: list[BaseException] = []
+
+    def loop() -> None:
+        try:
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline:
+                # async_to_sync: the loop's database work runs in this thread, on its
+                # own connection, as in a process of its own.
+                async_to_sync(Relay(sink=sink).arun)(until_idle=True)
+                if not EventRecord.objects.filter(status=DeliveryStatus.PENDING).exists():
+                    return
+        except BaseException as exc:  # surfaced to the test below
+            errors.append(exc)
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=loop) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=90)
+    assert not errors, errors
+    assert len(set(sink.ids)) == len(sink.ids) == BACKLOG
+    assert EventRecord.objects.filter(status=DeliveryStatus.DELIVERED).count() == BACKLOG
+    sequences = list(EventRecord.objects.values_list("sequence", flat=True))
+    assert None not in sequences and len(set(sequences)) == BACKLOG
+    assert_positions_are_one_to_n_per_channel()
+
+
+@override_settings(EVENTBUS={"CATALOGS": [], "RELAY_BATCH_SIZE": 20})
+def test_worker_loop_commits_once_per_batch(monkeypatch):
+    """A backlog drains at one transaction per batch: what a batch sent is marked
+    delivered by the transaction that claims a later one (and the last by one more)."""
+    make_backlog(100)  # five batches
+    commits = Counter()
+    wrapper = type(connections["default"])
+    real_commit = wrapper.commit
+
+    def counting_commit(self) -> None:
+        commits[threading.current_thread().name] += 1
+        real_commit(self)
+
+    monkeypatch.setattr(wrapper, "commit", counting_commit)
+    monkeypatch.setattr("eventbus.relay.Relay._asweep", lambda self: asyncio.sleep(0))
+    sink = CountingSink()
+    assert asyncio.run(Relay(sink=sink).arun(until_idle=True)) == 100
+    monkeypatch.undo()
+    # Six claims (the last finds nothing) and the last batch's mark; before, every
+    # batch's mark was a transaction of its own (eleven).
+    assert sum(commits.values()) == 7, commits
+    assert EventRecord.objects.filter(status=DeliveryStatus.DELIVERED).count() == 100
+
+
+@override_settings(EVENTBUS={"CATALOGS": [], "RELAY_BATCH_SIZE": 100})
+def test_a_batch_is_leased_numbered_and_read_by_one_statement():
+    """The claim is one UPDATE ... RETURNING on the log (SQLite also reads MAX(sequence)
+    first), and the statements of a batch do not grow with it."""
+    from django.test.utils import CaptureQueriesContext
+
+    make_backlog(190)
+    Relay(sink=CountingSink()).run_once()  # 100 events; the channels' heads exist now
+    with CaptureQueriesContext(connection) as captured:
+        report = Relay(sink=CountingSink()).run_once()
+    assert len(report.delivered) == 90
+    statements = [
+        query["sql"].split("times: ", 1)[-1].strip()  # executemany: "N times: SQL"
+        for query in captured.captured_queries
+        if not query["sql"].startswith(("BEGIN", "COMMIT", "SAVEPOINT", "RELEASE SAVEPOINT"))
+    ]
+    on_the_log = [sql for sql in statements if "eventbus_eventrecord" in sql]
+    # The claim, and the outcome's mark; SQLite's MAX(sequence).
+    assert len(on_the_log) == (2 if connection.vendor == "postgresql" else 3), on_the_log
+    assert sum(sql.startswith("UPDATE") for sql in on_the_log) == 2, on_the_log
+    # The heads locked, then moved on with the entries inserted (one statement on
+    # PostgreSQL, two executemany on SQLite).
+    assert len(statements) == (4 if connection.vendor == "postgresql" else 6), statements
