@@ -108,7 +108,7 @@ async def _core_group_send_many(layer: Any, sends: Sequence[tuple[str, dict[str,
         layer.require_valid_group_name(group)
         groups_by_host[layer.consistent_hash(group)].append(group)
     members: dict[str, list[str]] = {}
-    failures = _ShardFailures()
+    failures = _ShardFailures(layer.ring_size)
     for index, groups in groups_by_host.items():
         async with failures.isolated(index):
             pipe = layer.connection(index).pipeline(transaction=False)
@@ -176,7 +176,7 @@ async def _pubsub_group_send_many(layer: Any, sends: Sequence[tuple[str, dict[st
         by_shard[loop_layer._get_shard(group_channel)].append(
             (group_channel, layer.serialize(message))
         )
-    failures = _ShardFailures()
+    failures = _ShardFailures(len(loop_layer._shards))
     for shard, messages in by_shard.items():
         async with failures.isolated(loop_layer._shards.index(shard)), shard._lock:
             shard._ensure_redis()
@@ -197,7 +197,8 @@ class _ShardFailures:
     other error is a bug and goes up at once.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, hosts: int) -> None:
+        self.hosts = hosts
         self.errors: list[Exception] = []
 
     @contextlib.asynccontextmanager
@@ -207,7 +208,8 @@ class _ShardFailures:
         except Exception as exc:
             if not is_connection_error(exc):
                 raise
-            logger.warning("Redis host %d did not take its share of a batch: %s", shard, exc)
+            if self.hosts > 1:  # with one, the caller's own report says it all
+                logger.warning("Redis host %d did not take its share of a batch: %s", shard, exc)
             self.errors.append(exc)
 
     def raise_first(self) -> None:
