@@ -3,7 +3,7 @@
 #
 # Real processes on loopback: PostgreSQL (127.0.0.1:5432 unless EVENTBUS_PG_HOST/PORT/USER
 # say otherwise; a database of its own per run, dropped after), uvicorn with two WebSocket
-# clients, a subscribe() consumer, two publishers and a relay worker, and per mode:
+# clients, a subscribe() consumer, a publisher and a relay worker, and per mode:
 #   sentinel  a Redis master, a replica and three sentinels; the master is SIGKILLed
 #             mid-stream and the sentinels promote the replica;
 #   shards    three redis-servers in the layer's hosts; one is SIGKILLed mid-stream and

@@ -1,8 +1,8 @@
 """Redis Sentinel failover and a dead shard, with real processes (tests/chaos/failover.py).
 
 Each run starts its own Redis side on loopback (a master, a replica and three sentinels;
-or three shards), uvicorn with two WebSocket clients, a ``subscribe()`` consumer, two
-publishers and a relay worker on a PostgreSQL database of its own, strikes mid-stream,
+or three shards), uvicorn with two WebSocket clients, a ``subscribe()`` consumer, a
+publisher and a relay worker on a PostgreSQL database of its own, strikes mid-stream,
 and counts what every reader got against the log. About 20 s a run, three runs.
 """
 
@@ -35,7 +35,7 @@ def run_and_print(mode: str, backend: str, template: str, capsys) -> dict:
         print()
         print(summary(report))
     assert report["ok"], report["failures"]
-    assert report["log"]["committed"] > 50
+    assert report["log"]["committed"] > 30
     return report
 
 
@@ -64,4 +64,7 @@ def test_a_dead_shard_holds_back_its_channels_only_and_they_catch_up(template, c
     for name, counts in report["consumers"].items():
         assert counts["lost"] == counts["resets"] == 0, name
         assert counts["during_fault"] > 0, f"{name}: the live shards' channels stalled"
+        # Their events of the outage's first second came before the shard was back (the
+        # relay's batches mix channels of every shard: each shard's share goes on its own).
+        assert counts["held_back"] == 0, name
         assert counts["after_fault"] > 0, name

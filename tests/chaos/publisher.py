@@ -61,7 +61,8 @@ def main() -> None:
 
         def note(outcome: str, ids: list[str], **extra: Any) -> None:
             for event_id in ids:
-                records.write(json.dumps({"id": event_id, "outcome": outcome, **extra}) + "\n")
+                record = {"id": event_id, "outcome": outcome, "t": round(time.time(), 3), **extra}
+                records.write(json.dumps(record) + "\n")
 
         records.write(json.dumps({"ready": True}) + "\n")
         # The failover run starts its publishers with everything else and lets them go
