@@ -70,6 +70,7 @@ def test_redis_server_answers_stops_and_restarts_on_the_same_port(
 
 
 @pytest.mark.redis
+@pytest.mark.once  # five redis-server processes
 def test_sentinels_promote_the_replica_when_the_master_is_killed(
     redis_server: RedisServer,  # only for the skip-or-fail when redis-server is missing
 ) -> None:
