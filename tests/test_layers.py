@@ -2,12 +2,15 @@
 
 import asyncio
 import contextlib
+import socket
 
 import pytest
 import redis
 from channels_redis.core import RedisChannelLayer
 from channels_redis.pubsub import RedisPubSubChannelLayer
 from channels_redis.utils import _consistent_hash
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from eventbus.layers import group_send_many
 
@@ -195,3 +198,38 @@ async def test_a_dead_shard_fails_its_share_and_the_others_still_get_theirs(
         for layer in (sender, reader):
             with contextlib.suppress(redis.ConnectionError):  # pooled before the restart
                 await layer.flush()
+
+
+@pytest.mark.parametrize("layer_class", LAYERS)
+async def test_a_host_that_never_answers_does_not_delay_the_others(shard_urls, layer_class):
+    """Each shard's share goes at once: a host that accepts and then says nothing (a
+    machine gone without a reset) holds back only its own groups, until its timeout."""
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(16)  # the kernel completes connections; nobody ever reads them
+        address = f"redis://127.0.0.1:{silent.getsockname()[1]}"
+        # The sender's third host is the silent one; the reader's is the real third shard.
+        silent_host = {"address": address, "socket_timeout": 2, "retry": Retry(NoBackoff(), 0)}
+        sender = layer_class(hosts=[*shard_urls[:2], silent_host])
+        for _ in range(100):  # RedisChannelLayer: a reader whose messages wait on a live host
+            reader = layer_class(hosts=shard_urls)
+            channel = await reader.new_channel()
+            if layer_class is RedisPubSubChannelLayer or channel_shard(reader, channel) != 2:
+                break
+        try:
+            live = [group for group in GROUPS if group_shard(sender, group) != 2]
+            for group in live:
+                await reader.group_add(group, channel)
+            await asyncio.sleep(0.05)
+            silent_first = sorted(GROUPS, key=lambda group: group_shard(sender, group) != 2)
+            sends = [(group, {"type": "m", "group": group}) for group in silent_first]
+            send = asyncio.create_task(group_send_many(sender, sends))
+            got = [m["group"] for m in await receive(reader, channel, len(live))]
+            assert sorted(got) == sorted(live)
+            assert not send.done()  # still waiting for the silent host
+            with pytest.raises(redis.TimeoutError):
+                await send
+        finally:
+            await reader.flush()
+            with contextlib.suppress(redis.TimeoutError):
+                await sender.flush()
