@@ -482,8 +482,9 @@ def _is_address(value: Any) -> bool:
 def check_layer_hosts(
     app_configs: Sequence[AppConfig] | None = None, **kwargs: Any
 ) -> list[CheckMessage]:
-    """channels_redis reads a bad ``hosts`` entry only at the first connection, if at all:
-    a Sentinel entry without ``master_name`` becomes a plain pool to localhost:6379."""
+    """channels_redis reads a bad ``hosts`` entry only at the first connection: a Sentinel
+    entry without ``master_name`` becomes a plain pool (to localhost:6379) whose first
+    connection fails on the ``sentinels`` argument."""
     messages: list[CheckMessage] = []
     for alias, hosts in _redis_layer_hosts():
         where = f"CHANNEL_LAYERS[{alias!r}]['CONFIG']['hosts']"
