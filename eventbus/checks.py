@@ -7,7 +7,7 @@ Every id is defined here, once, and never reused. The checks are registered by
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 from django.apps import AppConfig
@@ -43,6 +43,8 @@ E019 = "eventbus.E019"  # a HEALTH_MAX_* count is not a whole number of 0 or mor
 E020 = "eventbus.E020"  # metrics on, PROMETHEUS_MULTIPROC_DIR not a writable directory
 E021 = "eventbus.E021"  # PRESENCE cannot be imported, or is not callable
 E022 = "eventbus.E022"  # PRESENCE_TTL_SECONDS not above PRESENCE_HEARTBEAT_SECONDS
+E023 = "eventbus.E023"  # a channels_redis hosts entry has sentinels without master_name, or back
+E024 = "eventbus.E024"  # channels_redis hosts not a list of URLs, (host, port) pairs or dicts
 E027 = "eventbus.E027"  # the event log is on SQLite older than 3.35 (no RETURNING)
 W001 = "eventbus.W001"  # CATALOGS is empty
 W002 = "eventbus.W002"  # a payload model is not frozen
@@ -52,6 +54,7 @@ W005 = "eventbus.W005"  # daphne's runserver reads WebSocket messages far over W
 W006 = "eventbus.W006"  # (deploy) daphne serves WebSockets: no backpressure, no bound
 W007 = "eventbus.W007"  # durable runs go to a backend that runs nothing, or runs in-process
 W008 = "eventbus.W008"  # PRESENCE on a channel layer with no shared presence store
+W009 = "eventbus.W009"  # (deploy) a Sentinel hosts entry watched by fewer than 3 sentinels
 W010 = "eventbus.W010"  # (deploy) the sink's channel layer is in memory: one process only
 
 _NUMBERS = (
@@ -95,6 +98,7 @@ def register_checks() -> None:
     register(check_eventbus, Tags.compatibility)
     register(check_daphne_deploy, Tags.security, deploy=True)
     register(check_layer_deploy, Tags.compatibility, deploy=True)
+    register(check_sentinel_quorum, Tags.compatibility, deploy=True)
 
 
 def check_eventbus(
@@ -110,6 +114,7 @@ def check_eventbus(
             check_durable,
             check_model_events,
             check_redis_client,
+            check_layer_hosts,
             check_authorization,
             check_presence,
             check_sink,
@@ -450,6 +455,128 @@ def check_redis_client(
                     id=W004,
                 )
             )
+    return messages
+
+
+_REDIS_LAYERS = (
+    "channels_redis.core.RedisChannelLayer",
+    "channels_redis.pubsub.RedisPubSubChannelLayer",
+)
+
+
+def _redis_layer_hosts() -> Iterator[tuple[str, Any]]:
+    """(alias, hosts) of every CHANNEL_LAYERS alias that is a channels_redis layer."""
+    for alias, config in (getattr(django_settings, "CHANNEL_LAYERS", None) or {}).items():
+        if not isinstance(config, dict):
+            continue
+        try:
+            backend = import_string(config.get("BACKEND", ""))
+        except ImportError:
+            continue
+        names = {f"{cls.__module__}.{cls.__qualname__}" for cls in getattr(backend, "__mro__", ())}
+        if names.isdisjoint(_REDIS_LAYERS):
+            continue
+        yield alias, (config.get("CONFIG") or {}).get("hosts")
+
+
+def _is_address(value: Any) -> bool:
+    """A (host, port) pair, as a tuple or a list (JSON settings)."""
+    return (
+        isinstance(value, list | tuple)
+        and len(value) == 2
+        and isinstance(value[0], str)
+        and isinstance(value[1], int)
+    )
+
+
+def check_layer_hosts(
+    app_configs: Sequence[AppConfig] | None = None, **kwargs: Any
+) -> list[CheckMessage]:
+    """channels_redis reads a bad ``hosts`` entry only at the first connection: a Sentinel
+    entry without ``master_name`` becomes a plain pool (to localhost:6379) whose first
+    connection fails on the ``sentinels`` argument."""
+    messages: list[CheckMessage] = []
+    for alias, hosts in _redis_layer_hosts():
+        where = f"CHANNEL_LAYERS[{alias!r}]['CONFIG']['hosts']"
+        if hosts is None:
+            continue  # channels_redis's default, redis://localhost:6379
+        if not isinstance(hosts, list | tuple):
+            messages.append(
+                Error(
+                    f"{where} is a {type(hosts).__name__}, not a list: channels_redis "
+                    "refuses it when the layer is first used.",
+                    hint="Give a list, even of one host: ['redis://127.0.0.1:6379'].",
+                    id=E024,
+                )
+            )
+            continue
+        for index, host in enumerate(hosts):
+            messages += _check_host(f"{where}[{index}]", host)
+    return messages
+
+
+def _check_host(where: str, host: Any) -> list[CheckMessage]:
+    if isinstance(host, str) or _is_address(host):
+        return []
+    if not isinstance(host, dict):
+        return [
+            Error(
+                f"{where} is {host!r}: channels_redis takes a URL, a (host, port) pair or a "
+                "dict of connection arguments.",
+                hint="For example 'redis://127.0.0.1:6379/0' or ('127.0.0.1', 6379).",
+                id=E024,
+            )
+        ]
+    if ("sentinels" in host) != ("master_name" in host):
+        given, missing = ("sentinels", "master_name")
+        if "master_name" in host:
+            given, missing = missing, given
+        return [
+            Error(
+                f"{where} has {given!r} but no {missing!r}: channels_redis finds the master "
+                "through the sentinels only when both are given; with one alone the layer "
+                "fails at its first connection (a TypeError or a KeyError).",
+                hint="A Sentinel entry: {'sentinels': [('10.0.0.1', 26379), ...], "
+                "'master_name': 'mymaster'} (the name of the sentinels' 'sentinel monitor').",
+                id=E023,
+            )
+        ]
+    sentinels = host.get("sentinels")
+    if sentinels is not None and not (
+        isinstance(sentinels, list | tuple) and sentinels and all(map(_is_address, sentinels))
+    ):
+        return [
+            Error(
+                f"{where}['sentinels'] is {sentinels!r}, not a non-empty list of "
+                "(host, port) pairs.",
+                hint="For example [('10.0.0.1', 26379), ('10.0.0.2', 26379), ('10.0.0.3', 26379)].",
+                id=E024,
+            )
+        ]
+    return []
+
+
+def check_sentinel_quorum(
+    app_configs: Sequence[AppConfig] | None = None, **kwargs: Any
+) -> list[CheckMessage]:
+    """(deploy) Fewer than three sentinels cannot both agree on a failover and lose one."""
+    messages: list[CheckMessage] = []
+    for alias, hosts in _redis_layer_hosts():
+        if not isinstance(hosts, list | tuple):
+            continue
+        for index, host in enumerate(hosts):
+            sentinels = host.get("sentinels") if isinstance(host, dict) else None
+            if isinstance(sentinels, list | tuple) and 0 < len(sentinels) < 3:
+                messages.append(
+                    Warning(
+                        f"CHANNEL_LAYERS[{alias!r}]['CONFIG']['hosts'][{index}] lists "
+                        f"{len(sentinels)} sentinel(s): with fewer than three, losing one "
+                        "leaves no majority to agree on a failover, or no sentinel to ask "
+                        "where the master is.",
+                        hint="Run three sentinels (on separate machines) and list them all.",
+                        id=W009,
+                    )
+                )
     return messages
 
 

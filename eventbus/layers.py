@@ -6,6 +6,13 @@ relay sends hundreds at once, so for these two layers it pipelines the same Redi
 commands they would issue. This leans on channels_redis internals (pinned <5 in
 pyproject): if they are missing, :func:`group_send_many` falls back to concurrent
 ``group_send`` calls, slower but equally correct.
+
+Both layers shard over several ``hosts`` by the same hash as channels_redis (a group's
+members, a channel's messages, a pub/sub channel each live on one shard), and a host may
+be a Sentinel entry whose master the pool finds again after a failover. Each shard's
+share of a batch is sent on its own, all shards at once: a dead shard fails its share,
+the others still get theirs, and then the first failure is raised so the relay retries
+the batch (what the live shards get again, readers drop by position).
 """
 
 from __future__ import annotations
@@ -14,10 +21,11 @@ import asyncio
 import logging
 import time
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Coroutine, Sequence
 from typing import Any
 
 from .metrics import get_metrics
+from .reconnect import is_connection_error
 
 logger = logging.getLogger("eventbus.layers")
 
@@ -93,68 +101,99 @@ async def _concurrent_group_send(layer: Any, sends: Sequence[tuple[str, dict[str
 
 async def _core_group_send_many(layer: Any, sends: Sequence[tuple[str, dict[str, Any]]]) -> None:
     now = int(time.time())
-    # 1. Every group's members, one pipeline per Redis host.
-    groups_by_host: dict[int, list[str]] = defaultdict(list)
+    host_of: dict[str, int] = {}
     for group in dict.fromkeys(group for group, _ in sends):
         layer.require_valid_group_name(group)
-        groups_by_host[layer.consistent_hash(group)].append(group)
-    members: dict[str, list[str]] = {}
-    for index, groups in groups_by_host.items():
+        host_of[group] = layer.consistent_hash(group)
+    sends_by_host: dict[int, list[tuple[str, dict[str, Any]]]] = defaultdict(list)
+    for group, message in sends:
+        sends_by_host[host_of[group]].append((group, message))
+    failures = _ShardFailures(layer.ring_size)
+
+    async def send_groups_of(index: int, sends: list[tuple[str, dict[str, Any]]]) -> None:
+        """The sends whose groups live on host ``index``, in order."""
+        # 1. Their groups' members, one pipeline.
+        groups = list(dict.fromkeys(group for group, _ in sends))
         pipe = layer.connection(index).pipeline(transaction=False)
         for group in groups:
             key = layer._group_key(group)
             pipe.zremrangebyscore(key, min=0, max=now - layer.group_expiry)
             pipe.zrange(key, 0, -1)
         results = await pipe.execute()
-        for group, names in zip(groups, results[1::2], strict=True):
-            members[group] = [name.decode("utf8") for name in names]
-    # 2. The messages per channel key, as group_send would build them.
-    keys_by_host: dict[int, list[tuple[str, bytes, int]]] = defaultdict(list)
-    fanout_key = layer.prefix + FANOUT_CHANNEL_PREFIX
-    for group, message in sends:
-        by_host, key_to_message, key_to_capacity = layer._map_channel_keys_to_connection(
-            members[group], message
+        members = {
+            group: [name.decode("utf8") for name in names]
+            for group, names in zip(groups, results[1::2], strict=True)
+        }
+        # 2. The messages per channel key, as group_send would build them.
+        keys_by_host: dict[int, list[tuple[str, bytes, int]]] = defaultdict(list)
+        fanout_key = layer.prefix + FANOUT_CHANNEL_PREFIX
+        for group, message in sends:
+            by_host, key_to_message, key_to_capacity = layer._map_channel_keys_to_connection(
+                members[group], message
+            )
+            for key in key_to_capacity:
+                if key.startswith(fanout_key):
+                    key_to_capacity[key] = max(key_to_capacity[key], FANOUT_CAPACITY)
+            for host, keys in by_host.items():
+                keys_by_host[host].extend(
+                    (key, key_to_message[key], key_to_capacity[key]) for key in keys
+                )
+        # 3. One pipeline per host the channels' messages wait on.
+        await failures.gather(
+            {
+                host: _core_add_messages(layer, host, entries, now)
+                for host, entries in keys_by_host.items()
+            }
         )
-        for key in key_to_capacity:
-            if key.startswith(fanout_key):
-                key_to_capacity[key] = max(key_to_capacity[key], FANOUT_CAPACITY)
-        for index, keys in by_host.items():
-            keys_by_host[index].extend(
-                (key, key_to_message[key], key_to_capacity[key]) for key in keys
-            )
-    # 3. One pipeline per host: expire old messages, then the capacity-checked adds,
-    # scored after one another so each channel keeps the order of ``sends``.
-    for index, entries in keys_by_host.items():
-        pipe = layer.connection(index).pipeline(transaction=False)
-        for key in dict.fromkeys(key for key, _, _ in entries):
-            pipe.zremrangebyscore(key, min=0, max=now - int(layer.expiry))
-        scripts = 0
-        for start in range(0, len(entries), _LUA_CHUNK):
-            chunk = entries[start : start + _LUA_CHUNK]
-            keys = [key for key, _, _ in chunk]
-            args = [message for _, message, _ in chunk] + [capacity for _, _, capacity in chunk]
-            first_score = time.time() + start * 0.00001
-            pipe.eval(_GROUP_SEND_LUA, len(keys), *keys, *args, first_score, layer.expiry)
-            scripts += 1
-        results = await pipe.execute()
-        # What the scripts return: how many messages met a channel at capacity.
-        if dropped := sum(int(result) for result in results[-scripts:]):
-            get_metrics().layer_dropped(dropped)
-            logger.warning(
-                "%d message(s) dropped: their channel was at capacity (its reader is behind)",
-                dropped,
-            )
+
+    # Each host's groups on their own and at once: a host that is away (or silent until
+    # its timeout) holds back only the groups that live on it, and the channels whose
+    # messages wait on it.
+    await failures.gather(
+        {index: send_groups_of(index, host_sends) for index, host_sends in sends_by_host.items()}
+    )
+    failures.raise_first()
+
+
+async def _core_add_messages(
+    layer: Any, index: int, entries: list[tuple[str, bytes, int]], now: int
+) -> None:
+    """Expire old messages, then the capacity-checked adds, scored after one another so
+    each channel (whose messages all wait on one host) keeps the order of ``entries``."""
+    pipe = layer.connection(index).pipeline(transaction=False)
+    for key in dict.fromkeys(key for key, _, _ in entries):
+        pipe.zremrangebyscore(key, min=0, max=now - int(layer.expiry))
+    scripts = 0
+    for start in range(0, len(entries), _LUA_CHUNK):
+        chunk = entries[start : start + _LUA_CHUNK]
+        keys = [key for key, _, _ in chunk]
+        args = [message for _, message, _ in chunk] + [capacity for _, _, capacity in chunk]
+        first_score = time.time() + start * 0.00001
+        pipe.eval(_GROUP_SEND_LUA, len(keys), *keys, *args, first_score, layer.expiry)
+        scripts += 1
+    results = await pipe.execute()
+    # What the scripts return: how many messages met a channel at capacity.
+    if dropped := sum(int(result) for result in results[-scripts:]):
+        get_metrics().layer_dropped(dropped)
+        logger.warning(
+            "%d message(s) dropped: their channel was at capacity (its reader is behind)",
+            dropped,
+        )
 
 
 async def _pubsub_group_send_many(layer: Any, sends: Sequence[tuple[str, dict[str, Any]]]) -> None:
     loop_layer = layer._get_layer()
-    by_shard: dict[Any, list[tuple[str, bytes]]] = defaultdict(list)
-    for group, message in sends:
+    shard_of: dict[str, tuple[int, str]] = {}
+    for group in dict.fromkeys(group for group, _ in sends):
         group_channel = loop_layer._get_group_channel_name(group)
-        by_shard[loop_layer._get_shard(group_channel)].append(
-            (group_channel, layer.serialize(message))
-        )
-    for shard, messages in by_shard.items():
+        index = loop_layer._shards.index(loop_layer._get_shard(group_channel))
+        shard_of[group] = (index, group_channel)
+    by_shard: dict[int, list[tuple[str, bytes]]] = defaultdict(list)
+    for group, message in sends:
+        index, group_channel = shard_of[group]
+        by_shard[index].append((group_channel, layer.serialize(message)))
+
+    async def publish(shard: Any, messages: list[tuple[str, bytes]]) -> None:
         async with shard._lock:
             shard._ensure_redis()
             pipe = shard._redis.pipeline(transaction=False)
@@ -164,3 +203,48 @@ async def _pubsub_group_send_many(layer: Any, sends: Sequence[tuple[str, dict[st
                 payloads = [payload for _, payload in chunk]
                 pipe.eval(_PUBLISH_LUA, len(chunk), *channels, *payloads)
             await pipe.execute()
+
+    failures = _ShardFailures(len(loop_layer._shards))
+    await failures.gather(
+        {
+            index: publish(loop_layer._shards[index], messages)
+            for index, messages in by_shard.items()
+        }
+    )
+    failures.raise_first()
+
+
+class _ShardFailures:
+    """A batch's shards, each sent its share at once and on its own; the connection
+    errors, raised at the end.
+
+    Only a lost connection is held back (that shard is away, the others are not, and a
+    host that never answers must not delay them); any other error is a bug and goes up
+    once every shard is done.
+    """
+
+    def __init__(self, hosts: int) -> None:
+        self.hosts = hosts
+        self.errors: list[Exception] = []
+
+    async def gather(self, calls: dict[int, Coroutine[Any, Any, None]]) -> None:
+        results: list[BaseException | None]
+        if len(calls) == 1:  # no task to start (one host, or one in use: the usual case)
+            try:
+                results = [await next(iter(calls.values()))]
+            except Exception as exc:
+                results = [exc]
+        else:
+            results = await asyncio.gather(*calls.values(), return_exceptions=True)
+        for index, result in zip(calls, results, strict=True):
+            if result is None:
+                continue
+            if not isinstance(result, Exception) or not is_connection_error(result):
+                raise result
+            if self.hosts > 1:  # with one, the caller's own report says it all
+                logger.warning("Redis host %d did not take its share of a batch: %s", index, result)
+            self.errors.append(result)
+
+    def raise_first(self) -> None:
+        if self.errors:
+            raise self.errors[0]

@@ -60,6 +60,34 @@ def redis_url(redis_server: RedisServer) -> str:
     return redis_server.url
 
 
+SHARDS = 3
+
+
+@pytest.fixture(scope="session")
+def redis_shards() -> Iterator[list[RedisServer]]:
+    """Three private redis-servers, the shards of a layer with several ``hosts``."""
+    if redis_server_binary() is None:
+        skip_or_fail("redis-server not installed")
+    servers = [RedisServer() for _ in range(SHARDS)]
+    try:
+        for server in servers:
+            server.start()
+        yield servers
+    finally:
+        for server in servers:
+            server.close()
+
+
+@pytest.fixture
+def shard_urls(redis_shards: list[RedisServer]) -> list[str]:
+    """The shards' URLs, each running (a test may have stopped one) and emptied."""
+    for server in redis_shards:
+        if not server.running:
+            server.start()
+        server.flush()
+    return [server.url for server in redis_shards]
+
+
 AsgiServerFactory = Callable[..., AsgiServer]
 
 

@@ -222,11 +222,13 @@ class RedisServer(_Service):
         port: int | None = None,
         binary: str | None = None,
         start_timeout: float = START_TIMEOUT,
+        replica_of: RedisServer | None = None,
     ) -> None:
         binary = binary or redis_server_binary()
         if binary is None:
             raise ServiceError("redis-server not installed")
         self.binary = binary
+        self.replica_of = replica_of
         super().__init__(port, start_timeout)
 
     @property
@@ -234,8 +236,11 @@ class RedisServer(_Service):
         return f"redis://{self.host}:{self.port}/0"
 
     def _command(self) -> list[str]:
+        replica = [] if self.replica_of is None else [
+            "--replicaof", self.replica_of.host, str(self.replica_of.port),
+        ]  # fmt: skip
         return [
-            self.binary,
+            *self._binary_and_config(),
             "--port",
             str(self.port),
             "--bind",
@@ -248,7 +253,14 @@ class RedisServer(_Service):
             str(self.dir),
             "--daemonize",
             "no",
+            # A replica is in sync at once, not after the 5 s wait for more replicas.
+            "--repl-diskless-sync-delay",
+            "0",
+            *replica,
         ]
+
+    def _binary_and_config(self) -> list[str]:
+        return [self.binary]
 
     def client(self) -> redis.Redis:
         """A new sync ``redis.Redis`` client for this server, with short timeouts."""
@@ -349,3 +361,153 @@ class AsgiServer(_Service):
             if started.count("Started server process") < self.workers:
                 return False
         return port_accepts(self.port, self.host)
+
+
+SENTINEL_MASTER = "eventbus"
+
+
+class SentinelServer(RedisServer):
+    """A Redis Sentinel (``redis-server CONFIG --sentinel``) watching ``master``.
+
+    Its timings are short so that a test's failover takes seconds: the master is judged
+    down after ``down_after_ms`` without an answer, and ``quorum`` sentinels must agree.
+    ``SENTINEL_MASTER`` is the name the sentinels give the master (``master_name`` in
+    channels_redis's hosts).
+    """
+
+    name = "sentinel"
+
+    def __init__(
+        self,
+        master: RedisServer,
+        quorum: int = 2,
+        down_after_ms: int = 1000,
+        failover_timeout_ms: int = 5000,
+        port: int | None = None,
+        start_timeout: float = START_TIMEOUT,
+    ) -> None:
+        self.master = master
+        self.quorum = quorum
+        self.down_after_ms = down_after_ms
+        self.failover_timeout_ms = failover_timeout_ms
+        super().__init__(port=port, start_timeout=start_timeout)
+
+    def _binary_and_config(self) -> list[str]:
+        # A sentinel rewrites its config file as it learns the replicas and other
+        # sentinels: each start writes a fresh one in the service's own directory.
+        config = self.dir / "sentinel.conf"
+        name = SENTINEL_MASTER
+        config.write_text(
+            f"sentinel monitor {name} {self.master.host} {self.master.port} {self.quorum}\n"
+            f"sentinel down-after-milliseconds {name} {self.down_after_ms}\n"
+            f"sentinel failover-timeout {name} {self.failover_timeout_ms}\n"
+            f"sentinel parallel-syncs {name} 1\n"
+        )
+        return [self.binary, str(config), "--sentinel"]
+
+    def _ready(self) -> bool:
+        import redis
+
+        client = self.client()
+        try:
+            return (
+                client.execute_command("SENTINEL", "GET-MASTER-ADDR-BY-NAME", SENTINEL_MASTER)
+                is not None
+            )
+        except redis.RedisError:
+            return False
+        finally:
+            client.close()
+
+    def master_port(self) -> int | None:
+        """The port of the server this sentinel now calls the master (None: no answer)."""
+        import redis
+
+        client = self.client()
+        try:
+            answer = client.execute_command("SENTINEL", "GET-MASTER-ADDR-BY-NAME", SENTINEL_MASTER)
+        except redis.RedisError:
+            return None
+        finally:
+            client.close()
+        return int(answer[1]) if answer else None
+
+    def flush(self) -> None:
+        raise ServiceError("a sentinel holds no data to flush")
+
+
+class SentinelGroup:
+    """A master, its replicas and the sentinels watching them, started and closed together."""
+
+    def __init__(self, replicas: int = 1, sentinels: int = 3) -> None:
+        self.master = RedisServer()
+        self.replicas = [RedisServer(replica_of=self.master) for _ in range(replicas)]
+        self.sentinels = [SentinelServer(self.master) for _ in range(sentinels)]
+
+    @property
+    def servers(self) -> list[RedisServer]:
+        return [self.master, *self.replicas]
+
+    def host(self, **extra: Any) -> dict[str, Any]:
+        """The channels_redis ``hosts`` entry that finds the master through the sentinels."""
+        sentinels = [[s.host, s.port] for s in self.sentinels]
+        return {"sentinels": sentinels, "master_name": SENTINEL_MASTER, **extra}
+
+    def start(self) -> None:
+        for server in (*self.servers, *self.sentinels):
+            server.start()
+        self.wait_for_replicas()
+
+    def wait_for_replicas(self, timeout: float = START_TIMEOUT) -> None:
+        """Until the master has every replica in sync (what a failover needs)."""
+        deadline = time.monotonic() + timeout
+        client = self.master.client()
+        try:
+            while time.monotonic() < deadline:
+                info = client.info("replication")
+                online = [
+                    value for key, value in info.items()
+                    if key.startswith("slave") and isinstance(value, dict)
+                    and value.get("state") == "online"
+                ]  # fmt: skip
+                if len(online) == len(self.replicas):
+                    return
+                time.sleep(0.05)
+        finally:
+            client.close()
+        raise ServiceError(
+            f"the replicas were not in sync within {timeout:.0f}s\n"
+            + log_tail(self.replicas[0].log_path)
+        )
+
+    def wait_for_failover(self, timeout: float = 30.0) -> RedisServer:
+        """Until every sentinel names a replica as the master; that replica."""
+        ports = {server.port: server for server in self.replicas}
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            named = {sentinel.master_port() for sentinel in self.sentinels}
+            if len(named) == 1 and (port := named.pop()) in ports:
+                promoted = ports[port]
+                client = promoted.client()
+                try:
+                    if client.info("replication")["role"] == "master":
+                        return promoted
+                except Exception:
+                    pass
+                finally:
+                    client.close()
+            time.sleep(0.1)
+        raise ServiceError(
+            f"no failover within {timeout:.0f}s\n" + log_tail(self.sentinels[0].log_path)
+        )
+
+    def close(self) -> None:
+        for server in (*self.sentinels, *self.servers):
+            server.close()
+
+    def __enter__(self) -> Self:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -358,3 +358,72 @@ def test_log_on_sqlite_older_than_3_35_is_e027(monkeypatch):
     # PostgreSQL has RETURNING whatever the sqlite3 module of this Python is.
     expected = ["eventbus.E027"] if connection.vendor == "sqlite" else []
     assert ids(run_checks()) == expected
+
+
+SENTINELS = [("10.0.0.1", 26379), ("10.0.0.2", 26379), ("10.0.0.3", 26379)]
+PUBSUB = "channels_redis.pubsub.RedisPubSubChannelLayer"
+
+
+@pytest.mark.parametrize("backend", [CORE, PUBSUB])
+@pytest.mark.parametrize(
+    ("hosts", "expected"),
+    [
+        # Every form channels_redis takes, Sentinel entries and several shards included.
+        ([{"sentinels": SENTINELS, "master_name": "mymaster"}], []),
+        ([{"sentinels": [list(a) for a in SENTINELS], "master_name": "m", "db": 1}], []),
+        (["redis://a:6379", ("b", 6379), ["c", 6379], {"address": "redis://d:6379"}], []),
+        ([{"sentinels": SENTINELS}], ["eventbus.E023"]),
+        ([{"master_name": "mymaster"}], ["eventbus.E023"]),
+        ([{"sentinels": [], "master_name": "m"}], ["eventbus.E024"]),
+        ([{"sentinels": ["10.0.0.1:26379"], "master_name": "m"}], ["eventbus.E024"]),
+        ([{"sentinels": ("10.0.0.1", 26379), "master_name": "m"}], ["eventbus.E024"]),
+        ("redis://127.0.0.1:6379", ["eventbus.E024"]),
+        (["redis://a:6379", 6379], ["eventbus.E024"]),
+    ],
+)
+def test_channels_redis_hosts_are_checked(backend, hosts, expected):
+    config = {"BACKEND": backend, "CONFIG": {"hosts": hosts, "capacity": 100}}
+    if backend == CORE:  # W004 would speak of the other alias: give it its timeout
+        hosts_ok = ["redis://127.0.0.1:6379?socket_timeout=10"]
+    else:
+        hosts_ok = ["redis://127.0.0.1:6379"]
+    other = {"BACKEND": backend, "CONFIG": {"hosts": hosts_ok}}
+    # On eventbus's own layer and on another alias alike.
+    for layers in ({"default": config}, {"default": other, "chat": config}):
+        with override_settings(CHANNEL_LAYERS=layers):
+            found = [i for i in ids(run_checks()) if i != "eventbus.W004"]
+            assert found == expected
+
+
+def test_the_message_names_the_entry_and_what_it_lacks():
+    layers = {
+        "default": {"BACKEND": CORE, "CONFIG": {"hosts": ["redis://a", {"sentinels": SENTINELS}]}}
+    }
+    with override_settings(CHANNEL_LAYERS=layers):
+        (message,) = [m for m in run_checks() if m.id == "eventbus.E023"]
+    assert message.msg.startswith(
+        "CHANNEL_LAYERS['default']['CONFIG']['hosts'][1] has 'sentinels' but no 'master_name'"
+    )
+
+
+def test_fewer_than_three_sentinels_warn_at_deploy_only():
+    two = {"sentinels": SENTINELS[:2], "master_name": "m"}
+    layers = {
+        "default": {"BACKEND": PUBSUB, "CONFIG": {"hosts": [two, {**two, "sentinels": SENTINELS}]}}
+    }
+    with override_settings(CHANNEL_LAYERS=layers):
+        assert ids(run_checks()) == []
+        deploy = [
+            m for m in checks.run_checks(include_deployment_checks=True) if m.id == "eventbus.W009"
+        ]
+    assert [m.msg.split(" lists")[0] for m in deploy] == [
+        "CHANNEL_LAYERS['default']['CONFIG']['hosts'][0]"
+    ]
+
+
+def test_other_layers_hosts_are_not_read():
+    layers = {
+        "default": {"BACKEND": "channels.layers.InMemoryChannelLayer", "CONFIG": {"hosts": "x"}}
+    }
+    with override_settings(CHANNEL_LAYERS=layers):
+        assert ids(run_checks()) == []

@@ -143,3 +143,18 @@ def test_the_bus_configures_the_layer_it_gets(monkeypatch):
         layer = EventBus().layer
         assert layer is get_channel_layer()
         assert layer.hosts[0]["socket_timeout"] == layer.brpop_timeout + _redis.MARGIN_SECONDS
+
+
+def test_a_sentinel_entry_gets_the_timeout_and_stays_a_sentinel_pool(monkeypatch):
+    """The master found through the sentinels is read with the same timeout."""
+    from redis.asyncio.sentinel import SentinelConnectionPool
+
+    redis_py(monkeypatch, "8.1.0")
+    host = {"sentinels": [("127.0.0.1", 26379)], "master_name": "mymaster", "db": 1}
+    layer = _redis.configure(RedisChannelLayer(hosts=[dict(host), "redis://127.0.0.1:6379"]))
+    timeout = RedisChannelLayer.brpop_timeout + _redis.MARGIN_SECONDS
+    assert layer.hosts[0] == {**host, "socket_timeout": timeout}
+    pool = layer.create_pool(0)
+    assert isinstance(pool, SentinelConnectionPool)
+    assert pool.service_name == "mymaster"
+    assert pool.connection_kwargs["socket_timeout"] == timeout

@@ -70,6 +70,33 @@ def test_redis_server_answers_stops_and_restarts_on_the_same_port(
 
 
 @pytest.mark.redis
+@pytest.mark.once  # five redis-server processes
+def test_sentinels_promote_the_replica_when_the_master_is_killed(
+    redis_server: RedisServer,  # only for the skip-or-fail when redis-server is missing
+) -> None:
+    from redis.sentinel import Sentinel
+
+    with services.SentinelGroup(replicas=1, sentinels=3) as group:
+        host = group.host()
+        assert host["master_name"] == services.SENTINEL_MASTER
+        assert all(h == "127.0.0.1" and p != 26379 for h, p in host["sentinels"])
+        sentinel = Sentinel([tuple(a) for a in host["sentinels"]], socket_timeout=2)
+        assert sentinel.discover_master(services.SENTINEL_MASTER)[1] == group.master.port
+        master = group.master.client()
+        master.set("k", "v")
+        assert master.wait(1, 2000) == 1  # the replica has it
+        master.close()
+        group.master.kill()
+        promoted = group.wait_for_failover()
+        assert promoted is group.replicas[0]
+        assert sentinel.discover_master(services.SENTINEL_MASTER)[1] == promoted.port
+        client = promoted.client()
+        assert client.get("k") == b"v"
+        client.close()
+    assert not any(s.running for s in (*group.servers, *group.sentinels))
+
+
+@pytest.mark.redis
 def test_redis_url_is_a_private_server_emptied_before_each_test(redis_url: str) -> None:
     client = redis.Redis.from_url(redis_url, socket_timeout=2)
     assert client.dbsize() == 0

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import random
 import signal
 import time
@@ -53,14 +54,22 @@ def main() -> None:
 
     signal.signal(signal.SIGTERM, stop)
     rng = random.Random(args.seed)
+    # The failover run spreads events over more channels (so over every shard).
+    projects = tuple(range(1, int(os.environ.get("EVENTBUS_CHAOS_PROJECTS", len(PROJECTS))) + 1))
     deadline = time.monotonic() + MAX_SECONDS
     with open(args.records, "a", buffering=1) as records:
 
         def note(outcome: str, ids: list[str], **extra: Any) -> None:
             for event_id in ids:
-                records.write(json.dumps({"id": event_id, "outcome": outcome, **extra}) + "\n")
+                record = {"id": event_id, "outcome": outcome, "t": round(time.time(), 3), **extra}
+                records.write(json.dumps(record) + "\n")
 
         records.write(json.dumps({"ready": True}) + "\n")
+        # The failover run starts its publishers with everything else and lets them go
+        # once every reader is ready (EVENTBUS_CHAOS_GO names the file it then creates).
+        go = os.environ.get("EVENTBUS_CHAOS_GO")
+        while go and not os.path.exists(go) and not stopping and time.monotonic() < deadline:
+            time.sleep(0.05)
         while not stopping and time.monotonic() < deadline:
             ids: list[str] = []
             rollback = rng.random() < ROLLBACK_SHARE
@@ -71,7 +80,7 @@ def main() -> None:
                         event = publish(
                             ShopEvent.ORDER_PLACED,
                             {"order_id": rng.randrange(10**6), "title": "chaos"},
-                            project_id=rng.choice(PROJECTS),
+                            project_id=rng.choice(projects),
                             actor_type=ActorType.AGENT if agent else ActorType.SYSTEM,
                             actor_id=AGENT if agent else None,
                         )

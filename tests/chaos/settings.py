@@ -1,10 +1,10 @@
 """Settings of every process a chaos run starts: the test suite's, on PostgreSQL and Redis.
 
 The run passes its database and Redis through the environment (``EVENTBUS_CHAOS_DB``,
-``EVENTBUS_CHAOS_REDIS_URL``), and per-process additions to ``EVENTBUS`` as JSON
-(``EVENTBUS_CHAOS_EVENTBUS``). The relay's timings are shortened so that a lease, a
-sweep and a backoff each take seconds, not minutes, and never run out of attempts
-within a run.
+``EVENTBUS_CHAOS_REDIS_URL``, or the whole layer as JSON in ``EVENTBUS_CHAOS_LAYER``),
+and per-process additions to ``EVENTBUS`` as JSON (``EVENTBUS_CHAOS_EVENTBUS``). The
+relay's timings are shortened so that a lease, a sweep and a backoff each take seconds,
+not minutes, and never run out of attempts within a run.
 """
 
 import json
@@ -28,6 +28,9 @@ CHANNEL_LAYERS = {
         "CONFIG": {"hosts": [os.environ.get("EVENTBUS_CHAOS_REDIS_URL", "redis://127.0.0.1:1/0")]},
     }
 }
+# The failover run (tests/chaos/failover.py) gives the whole layer: Sentinel hosts, shards.
+if os.environ.get("EVENTBUS_CHAOS_LAYER"):
+    CHANNEL_LAYERS = {"default": json.loads(os.environ["EVENTBUS_CHAOS_LAYER"])}
 
 EVENTBUS = {
     "CATALOGS": ["tests.testapp.events.EVENT_PAYLOAD_MAP"],
