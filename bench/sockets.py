@@ -346,7 +346,7 @@ async def _profiled(prefix: str, side: Side) -> AsyncIterator[None]:
                 f"{prefix}-{pid}.txt",
                 stdout=asyncio.subprocess.DEVNULL,
                 stderr=asyncio.subprocess.DEVNULL,
-            )  # fmt: skip
+            )
         )
     await asyncio.sleep(1.0)  # py-spy attaches
     try:
