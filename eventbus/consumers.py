@@ -22,6 +22,7 @@ from channels.sessions import InstanceSessionWrapper
 
 from . import conf
 from ._asyncio import TaskSet
+from ._uvicorn import frame_writer
 from .access import get_access_watch, is_authenticated, may_subscribe
 from .bus import get_event_bus
 from .channel_names import validate_channel
@@ -107,11 +108,13 @@ class EventStreamConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
         self.frame_bucket = Bucket(self.settings.WS_FRAMES_PER_MINUTE)
         self.subscribe_bucket = Bucket(self.settings.WS_SUBSCRIBES_PER_MINUTE)
         self.fanout = get_fanout(get_event_bus().layer)
+        send, write = self._frame_senders()
         self.send_queue = SendQueue(
-            self._frame_sender(),
+            send,
             limit=self.settings.WS_SEND_QUEUE,
             timeout=self.settings.WS_SEND_TIMEOUT,
             on_failure=self._send_queue_failed,
+            write=write,
         )
         self._side_tasks = TaskSet()
         await self.accept()
@@ -418,21 +421,27 @@ class EventStreamConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
     async def _send_now(self, text: str) -> None:
         await self.send(text_data=text)
 
-    def _frame_sender(self) -> Callable[[str], Coroutine[Any, Any, None]]:
-        """How the send queue sends a text frame: straight to the server's ``send``, past
-        Channels' session wrappers (which act on ``http.response.start`` only), unless a
-        subclass overrides ``send``. That wrapper and Channels' two ``send`` layers were a
-        quarter of the fan-out's time at 1,000 sockets (docs/performance.md)."""
+    def _frame_senders(
+        self,
+    ) -> tuple[Callable[[str], Coroutine[Any, Any, None]], Callable[[str], bool] | None]:
+        """How the send queue sends a text frame, and writes one without waiting if it can.
+
+        Straight to the server's ``send``, past Channels' session wrappers (which act on
+        ``http.response.start`` only) and Channels' two ``send`` layers; under uvicorn's
+        sans-I/O WebSockets, the frame's bytes are written to the transport, encoded once
+        per event (``eventbus._uvicorn``). A subclass that overrides ``send`` gets every
+        frame through it. Where the fan-out's time went: docs/performance.md.
+        """
         if type(self).send is not AsyncWebsocketConsumer.send:
-            return self._send_now
+            return self._send_now, None
         send = _past_session_wrappers(self.base_send)
         if not inspect.iscoroutinefunction(send):  # the send queue steps coroutines itself
-            return self._send_now
+            return self._send_now, None
 
         def send_frame(text: str) -> Coroutine[Any, Any, None]:
             return send({"type": "websocket.send", "text": text})  # type: ignore[no-any-return]
 
-        return send_frame
+        return send_frame, frame_writer(send)
 
     async def _send_text(self, text: str) -> None:
         await self.send_queue.put(text)

@@ -24,7 +24,9 @@ class SendQueue:
     ``on_failure(stalled=False)``. Either way nothing more is sent.
 
     Most sends finish at once (the server's buffer has room), so there is no timer per
-    frame: one is armed only while a send waits on the client.
+    frame: one is armed only while a send waits on the client. ``write``, when given,
+    is tried first: it writes a frame at once and returns True, or returns False and
+    the frame goes through ``send`` (``eventbus._uvicorn``).
     """
 
     def __init__(
@@ -34,8 +36,10 @@ class SendQueue:
         limit: int,
         timeout: float,
         on_failure: Callable[[bool], None],
+        write: Callable[[str], bool] | None = None,
     ) -> None:
         self._send = send
+        self._write = write
         self.limit = limit
         self.timeout = timeout
         self._on_failure = on_failure
@@ -70,8 +74,11 @@ class SendQueue:
         Most sends finish at once (the server's buffer has room), so most cost no task:
         with a thousand sockets, a task per send was a tenth of the fan-out's time.
         """
-        frames = self._frames
+        frames, write = self._frames, self._write
         while frames and not self.failed:
+            if write is not None and write(frames[0]):
+                frames.popleft()
+                continue
             sending = self._send(frames[0])
             try:
                 waiting_on = self._context.run(sending.send, None)
