@@ -1048,3 +1048,19 @@ def test_a_session_wrapper_that_acts_on_frames_is_not_skipped():
     assert consumers._past_session_wrappers(plain.send) is server_send
     saving = SavingOnFrames(scope, plain.send)
     assert consumers._past_session_wrappers(saving.send) == saving.send
+
+
+@override_settings(EVENTBUS=SETTINGS)
+async def test_a_subscribed_socket_runs_in_one_task(member):
+    """Each message is received and dispatched in the socket's own task: no task more per
+    socket waiting on ``receive()``, as Channels' consumers hold (memory per idle socket)."""
+    async with Client(member) as first:
+        await first.subscribe()  # the process's shared tasks (fan-out, recheck) are up
+        before = len(asyncio.all_tasks())
+        async with Client(member) as a, Client(member) as b:
+            await a.subscribe()
+            await b.subscribe()
+            assert len(asyncio.all_tasks()) - before == 2  # the communicators' app tasks
+            event = await publish_order(1)
+            for client in (first, a, b):
+                assert (await client.recv())["event"]["id"] == str(event.id)
