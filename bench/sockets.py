@@ -15,7 +15,8 @@ The clients live in ``bench._clients`` processes (two for 10,000 sockets), each 
 its share spread over the side's servers in turn, as a load balancer would. Publishing is
 done here, as in bench.e2e: ``EventBus.send`` for eventbus, a plain ``group_send`` of
 the same JSON for the floor. Every wait is bounded. ``--profile PREFIX`` records the
-eventbus servers with py-spy during the latency run (``PREFIX-<scenario>-<pid>.txt``).
+eventbus servers with py-spy during the latency run (``PREFIX-<scenario>-<pid>.txt``);
+``--only 1k-1p`` runs one scenario.
 """
 
 from __future__ import annotations
@@ -64,14 +65,18 @@ TARGET_RATIO = 1.5
 TARGET_KB = 30.0
 
 
-def run(quick: bool = False, profile: str = "") -> list[dict[str, Any]]:
+def run(quick: bool = False, profile: str = "", only: str = "") -> list[dict[str, Any]]:
     plan = QUICK if quick else FULL
+    if only:  # --only 1k-1p: one scenario, for a before/after of one change
+        plan = tuple(s for s in plan if s.name in only.split(","))
+        if not plan:
+            raise SystemExit(f"--only: no scenario named {only!r} (1k-1p, 10k-2p)")
     most = max(s.processes for s in plan)
     biggest = max(s.sockets for s in plan)
     # Servers 0..most-1 are eventbus's, the next `most` the floor's.
     with services(biggest, uvicorns=most, floors=most) as (servers, cookie, projects):
         return asyncio.run(
-            _measure(plan, servers[:most], servers[most:], cookie, projects, profile)
+            _measure(plan, servers[:most], servers[most:], cookie, projects, profile, not quick)
         )
 
 
@@ -166,6 +171,7 @@ async def _measure(
     cookie: str,
     projects: list[UUID],
     profile: str,
+    fresh: bool,
 ) -> list[dict[str, Any]]:
     from channels.layers import get_channel_layer
 
@@ -201,8 +207,12 @@ async def _measure(
             ("eventbus", ours[: scenario.processes], bus.send),
             ("floor", floors[: scenario.processes], floor_publish),
         ):
-            # Fresh servers: what an earlier scenario left behind must not count.
-            await asyncio.gather(*(asyncio.to_thread(s.restart) for s in servers if id(s) in used))
+            # Fresh servers: what an earlier scenario left behind must not count (the
+            # quick run, a smoke test of a few sockets, saves the seconds).
+            if fresh:
+                await asyncio.gather(
+                    *(asyncio.to_thread(s.restart) for s in servers if id(s) in used)
+                )
             used.update(id(s) for s in servers)
             side = Side(name, servers, publish)
             prefix = f"{profile}-{scenario.name}" if profile and name == "eventbus" else ""
@@ -447,4 +457,4 @@ def _notes(failed: list[str]) -> dict[str, str]:
 
 
 if __name__ == "__main__":
-    main(run, profile="")
+    main(run, profile="", only="")
