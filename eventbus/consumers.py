@@ -341,16 +341,16 @@ class EventStreamConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
 
     def on_message(self, message: dict[str, Any]) -> None:
         """A live event of a joined channel (from the fan-out): queue its frame."""
-        state = self._ready_for(message)
-        if state is None:
-            return
         channel = message["channel"]
+        state = self.subscriptions.get(channel)
+        if state is None or (state.held is not None and self._ready_for(message) is None):
+            return
         position = message.get("position")
         if position is not None:
             if position <= state.position:
                 return  # sent already, from the replay
             state.position = position
-        if state.wants(message["event_type"]):
+        if state.patterns is None or state.wants(message["event_type"]):
             self.send_queue.offer(event_frame(channel, message["event"], position))
 
     def on_reset(self, message: dict[str, Any]) -> None:

@@ -61,10 +61,13 @@ class SendQueue:
         """Queue ``frame`` without waiting; False (and the socket given up) when full."""
         if self.failed:
             return False
-        if len(self._frames) >= self.limit:
+        frames = self._frames
+        if not frames and self._sender is None and self._write is not None and self._write(frame):
+            return True  # the usual case in a fan-out: nothing queued, written at once
+        if len(frames) >= self.limit:
             self._fail(stalled=True)
             return False
-        self._frames.append(frame)
+        frames.append(frame)
         if self._sender is None:
             self._send_now()
         return True
