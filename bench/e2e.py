@@ -88,9 +88,14 @@ def run(quick: bool = False, profile: str = "", stall_events: str = "") -> list[
 
 @contextlib.contextmanager
 def services(
-    clients: int, server_env: dict[str, str] | None = None, app: str = "bench.asgi:application"
+    clients: int,
+    server_env: dict[str, str] | None = None,
+    app: str = "bench.asgi:application",
+    uvicorns: int = 2,
+    floors: int = 1,
 ) -> Iterator[tuple[list[Any], str, list[UUID]]]:
-    """Redis, the test database with a signed-in member, and two uvicorn servers.
+    """Redis, the test database with a signed-in member, ``uvicorns`` uvicorn servers,
+    then ``floors`` floor servers.
 
     Yields the servers, the member's ``Cookie`` header and the projects it may watch.
     Everything is stopped and removed on the way out, errors included.
@@ -134,9 +139,7 @@ def services(
             "EVENTBUS_TEST_LOG": "1",  # eventbus's warnings, for _until_given_up
             **(server_env or {}),
         }
-        servers = [
-            stack.enter_context(AsgiServer(app=app, env=env, server="uvicorn")) for _ in range(2)
-        ]
+        servers = [AsgiServer(app=app, env=env, server="uvicorn") for _ in range(uvicorns)]
 
         class FloorServer(AsgiServer):
             name = "floor"
@@ -144,8 +147,12 @@ def services(
             def _command(self) -> list[str]:
                 return [sys.executable, "-m", "bench.floor_server", "--port", str(self.port)]
 
-        servers.append(stack.enter_context(FloorServer(env=env)))
-        with ThreadPoolExecutor(2) as pool:  # Django takes seconds to import: start both at once
+        servers += [FloorServer(env=env) for _ in range(floors)]
+        for server in servers:
+            stack.callback(server.close)
+        # Django takes seconds to import: start them all at once (entering each server's
+        # context would start them one after the other).
+        with ThreadPoolExecutor(len(servers)) as pool:
             list(pool.map(lambda server: server.start(), servers))
         yield servers, cookie, projects
 

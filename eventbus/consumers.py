@@ -8,19 +8,23 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fnmatch
+import inspect
 import json
 import logging
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from typing import Any
 from uuid import UUID
 
 from channels.db import database_sync_to_async
+from channels.exceptions import StopConsumer
 from channels.generic.websocket import AsyncWebsocketConsumer
+from channels.sessions import InstanceSessionWrapper
 
 from . import conf
 from ._asyncio import TaskSet
+from ._uvicorn import frame_writer
 from .access import get_access_watch, is_authenticated, may_subscribe
 from .bus import get_event_bus
 from .channel_names import validate_channel
@@ -112,8 +116,18 @@ class EventStreamConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
     subscriptions: dict[str, _ChannelState]
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        """Channels' ``AsyncConsumer.__call__`` for a consumer without a layer channel of
+        its own: each message is received, then dispatched, in this task. Channels runs
+        every ``receive()`` in a task of its own under ``asyncio.wait``, which an idle
+        socket holds all its life (about 1.4 KB; docs/performance.md)."""
+        self.scope = scope
+        self.channel_layer = None
+        self.base_send = send
         try:
-            await super().__call__(scope, receive, send)
+            while True:
+                await self.dispatch(await receive())
+        except StopConsumer:
+            pass
         finally:
             # Also when a handler raised: never leave a dead socket in the groups.
             await self._leave_all()
@@ -129,11 +143,13 @@ class EventStreamConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
         self.frame_bucket = Bucket(self.settings.WS_FRAMES_PER_MINUTE)
         self.subscribe_bucket = Bucket(self.settings.WS_SUBSCRIBES_PER_MINUTE)
         self.fanout = get_fanout(get_event_bus().layer)
+        send, write = self._frame_senders()
         self.send_queue = SendQueue(
-            self._send_now,
+            send,
             limit=self.settings.WS_SEND_QUEUE,
             timeout=self.settings.WS_SEND_TIMEOUT,
             on_failure=self._send_queue_failed,
+            write=write,
         )
         self._side_tasks = TaskSet()
         await self.accept()
@@ -433,16 +449,16 @@ class EventStreamConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
 
     def on_message(self, message: dict[str, Any]) -> None:
         """A live event of a joined channel (from the fan-out): queue its frame."""
-        state = self._ready_for(message)
-        if state is None:
-            return
         channel = message["channel"]
+        state = self.subscriptions.get(channel)
+        if state is None or (state.held is not None and self._ready_for(message) is None):
+            return
         position = message.get("position")
         if position is not None:
             if position <= state.position:
                 return  # sent already, from the replay
             state.position = position
-        if state.wants(message["event_type"]):
+        if state.patterns is None or state.wants(message["event_type"]):
             self.send_queue.offer(event_frame(channel, message["event"], position))
 
     def on_reset(self, message: dict[str, Any]) -> None:
@@ -549,6 +565,28 @@ class EventStreamConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
     async def _send_now(self, text: str) -> None:
         await self.send(text_data=text)
 
+    def _frame_senders(
+        self,
+    ) -> tuple[Callable[[str], Coroutine[Any, Any, None]], Callable[[str], bool] | None]:
+        """How the send queue sends a text frame, and writes one without waiting if it can.
+
+        Straight to the server's ``send``, past Channels' session wrappers (which act on
+        ``http.response.start`` only) and Channels' two ``send`` layers; under uvicorn's
+        sans-I/O WebSockets, the frame's bytes are written to the transport, encoded once
+        per event (``eventbus._uvicorn``). A subclass that overrides ``send`` gets every
+        frame through it. Where the fan-out's time went: docs/performance.md.
+        """
+        if type(self).send is not AsyncWebsocketConsumer.send:
+            return self._send_now, None
+        send = _past_session_wrappers(self.base_send)
+        if not inspect.iscoroutinefunction(send):  # the send queue steps coroutines itself
+            return self._send_now, None
+
+        def send_frame(text: str) -> Coroutine[Any, Any, None]:
+            return send({"type": "websocket.send", "text": text})  # type: ignore[no-any-return]
+
+        return send_frame, frame_writer(send)
+
     async def _send_text(self, text: str) -> None:
         await self.send_queue.put(text)
 
@@ -591,6 +629,20 @@ class EventStreamConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
         if state is not None:
             await self._leave_presence(channel, state)
         await self._send_frame({"type": "unsubscribed", "channel": channel, "reason": reason})
+
+
+def _past_session_wrappers(send: Any) -> Any:
+    """``send`` without the Channels session wrappers around it that would pass a
+    ``websocket.send`` message through untouched."""
+    while True:
+        wrapper = getattr(send, "__self__", None)
+        if not (
+            isinstance(wrapper, InstanceSessionWrapper)
+            and getattr(send, "__func__", None) is InstanceSessionWrapper.send
+            and "websocket.send" not in wrapper.save_message_types
+        ):
+            return send
+        send = wrapper.real_send
 
 
 def _nested_deeper_than(text: str, limit: int) -> bool:

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import re
+from importlib import import_module
 from typing import Any
 
-from channels.auth import AuthMiddlewareStack
+from channels.auth import get_user
 from channels.routing import URLRouter
 from channels.security.websocket import WebsocketDenier
+from django.http.cookie import parse_cookie
 from django.urls import path
 
 from . import conf
@@ -80,6 +82,42 @@ def origin_allowed(scope: dict[str, Any]) -> bool:
     return port == connected_port and validate_host(host, settings.ALLOWED_HOSTS)
 
 
+class SessionAuthMiddleware:
+    """Channels' ``AuthMiddlewareStack`` (cookies, session, user) in one step, for sockets.
+
+    ``scope["cookies"]``, ``scope["session"]`` (the session store) and ``scope["user"]``
+    (``AnonymousUser`` unless the session holds a valid login) as Channels sets them, in
+    one copy of the scope and without wrapping ``send``: Channels' stack copies the scope
+    three times and wraps ``send`` to save the session on ``http.response.start``, which
+    a WebSocket never sends; each socket held those all its life (docs/performance.md).
+    A session or user already in the scope is kept, as Channels does.
+    """
+
+    def __init__(self, application: Any) -> None:
+        self.application = application
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> Any:
+        if "headers" not in scope:
+            raise ValueError(
+                "SessionAuthMiddleware was passed a scope without headers: mount it for "
+                "WebSocket (or HTTP) connections only."
+            )
+        cookies: dict[str, str] = {}
+        for name, value in scope["headers"]:
+            if name == b"cookie":
+                cookies = parse_cookie(value.decode("latin1"))
+                break
+        scope = dict(scope, cookies=cookies)
+        if "session" not in scope:
+            from django.conf import settings
+
+            store = import_module(settings.SESSION_ENGINE).SessionStore
+            scope["session"] = store(cookies.get(settings.SESSION_COOKIE_NAME))
+        if "user" not in scope:
+            scope["user"] = await get_user(scope)
+        return await self.application(scope, receive, send)
+
+
 def websocket_application(urlpatterns: list[Any] | None = None) -> Any:
     """The consumer behind a strict origin check and session authentication."""
-    return OriginValidator(AuthMiddlewareStack(URLRouter(urlpatterns or websocket_urlpatterns)))
+    return OriginValidator(SessionAuthMiddleware(URLRouter(urlpatterns or websocket_urlpatterns)))

@@ -962,3 +962,105 @@ async def test_a_subscribe_while_redis_is_away_gets_an_error_and_the_socket_stay
         assert await client.subscribe() == subscribed()  # Redis is back: it works
         event = await publish_order(1)
         assert (await client.recv())["event"]["id"] == str(event.id)
+
+
+# -- the send path of frames ------------------------------------------------------------
+
+
+class SessionSends:
+    """Channels' session wrapper, recording the types of the messages it is given."""
+
+    def __init__(self, monkeypatch) -> None:
+        from channels.sessions import InstanceSessionWrapper
+
+        self.types: list[str] = []
+        real = InstanceSessionWrapper.send
+
+        async def send(wrapper: Any, message: dict[str, Any]) -> None:
+            self.types.append(message["type"])
+            await real(wrapper, message)
+
+        monkeypatch.setattr(InstanceSessionWrapper, "send", send)
+
+
+async def behind_session_middleware(consumer: Any, user: Any) -> WebsocketCommunicator:
+    """A communicator to ``consumer`` behind Channels' session middleware, signed in."""
+    from channels.sessions import CookieMiddleware, SessionMiddleware
+    from django.test import Client as HttpClient
+
+    def sign_in() -> str:
+        http = HttpClient()
+        http.force_login(user)
+        return f"sessionid={http.cookies['sessionid'].value}"
+
+    cookie = await sync_to_async(sign_in)()
+    ws = WebsocketCommunicator(
+        CookieMiddleware(SessionMiddleware(consumer)),
+        "/ws/events/",
+        headers=[(b"cookie", cookie.encode())],
+    )
+    ws.scope["user"] = user
+    return ws
+
+
+@override_settings(EVENTBUS=SETTINGS)
+async def test_frames_go_past_the_session_wrapper_which_passes_them_through(member, monkeypatch):
+    seen = SessionSends(monkeypatch)
+    client = Client(member)
+    client.ws = await behind_session_middleware(EventStreamConsumer.as_asgi(), member)
+    async with client:
+        assert await client.subscribe() == subscribed()
+        event = await publish_order(1)
+        frame = await client.recv()
+        assert (frame["type"], frame["event"]["id"]) == ("event", str(event.id))
+    # The handshake still goes through it (where it saves the session); frames do not.
+    assert seen.types == ["websocket.accept"]
+
+
+class SendingConsumer(EventStreamConsumer):
+    async def send(self, text_data: Any = None, bytes_data: Any = None, close: Any = False) -> Any:
+        self.sent = [*getattr(self, "sent", []), json.loads(text_data)["type"]]
+        await super().send(text_data=text_data, bytes_data=bytes_data, close=close)
+
+
+@override_settings(EVENTBUS=SETTINGS)
+async def test_a_subclass_that_overrides_send_gets_every_frame(member, monkeypatch):
+    seen = SessionSends(monkeypatch)
+    client = Client(member)
+    client.ws = await behind_session_middleware(SendingConsumer.as_asgi(), member)
+    async with client:
+        await client.subscribe()
+        await publish_order(1)
+        assert (await client.recv())["type"] == "event"
+    assert seen.types == ["websocket.accept", "websocket.send", "websocket.send"]
+
+
+def test_a_session_wrapper_that_acts_on_frames_is_not_skipped():
+    from channels.sessions import InstanceSessionWrapper
+
+    async def server_send(message: dict[str, Any]) -> None: ...
+
+    class SavingOnFrames(InstanceSessionWrapper):
+        save_message_types = ["http.response.start", "websocket.send"]
+
+    scope = {"type": "websocket", "cookies": {}}
+    plain = InstanceSessionWrapper(scope, server_send)
+    assert consumers._past_session_wrappers(plain.send) is server_send
+    saving = SavingOnFrames(scope, plain.send)
+    assert consumers._past_session_wrappers(saving.send) == saving.send
+
+
+@override_settings(EVENTBUS=SETTINGS)
+async def test_a_subscribed_socket_runs_in_one_task(member):
+    """Each message is received and dispatched in the socket's own task: no task more per
+    socket waiting on ``receive()``, as Channels' consumers hold (memory per idle socket)."""
+    async with Client(member) as first:
+        await first.subscribe()  # the process's shared tasks (fan-out, recheck) are up
+        before = len(asyncio.all_tasks())
+        async with Client(member) as a, Client(member) as b:
+            await a.subscribe()
+            await b.subscribe()
+            assert len(asyncio.all_tasks()) - before == 2  # the communicators' app tasks
+            event = await publish_order(1)
+            for client in (first, a, b):
+                assert (await client.recv())["event"]["id"] == str(event.id)

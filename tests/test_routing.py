@@ -85,3 +85,69 @@ def test_parse_origin():
     assert parse_origin("HTTPS://Example.COM") == ("https", "example.com", 443)
     assert parse_origin("http://[::1]:8000") == ("http", "[::1]", 8000)
     assert parse_origin("http://[evil") is None
+
+
+# -- the session and the user (eventbus.routing.SessionAuthMiddleware) -------------------
+
+
+class ScopeConsumer:
+    """An ASGI app that accepts and remembers the scope and the send it was given."""
+
+    def __init__(self) -> None:
+        self.scope: dict = {}
+        self.send = None
+
+    async def __call__(self, scope, receive, send):
+        self.scope, self.send = scope, send
+        await receive()
+        await send({"type": "websocket.accept"})
+        await receive()
+
+
+async def open_behind_the_stack(cookie: str | None) -> ScopeConsumer:
+    from django.urls import path
+
+    from eventbus.routing import websocket_application
+
+    app = ScopeConsumer()
+    headers = [(b"host", HOST), (b"origin", b"http://127.0.0.1:8000")]
+    if cookie is not None:
+        headers.append((b"cookie", cookie.encode()))
+    communicator = WebsocketCommunicator(
+        websocket_application([path("ws/scope/", app)]), "/ws/scope/", headers=headers
+    )
+    connected, _ = await communicator.connect(timeout=5)
+    assert connected
+    assert app.send == communicator.output_queue.put  # not wrapped on the way
+    await communicator.disconnect()
+    return app
+
+
+async def test_a_signed_in_session_gives_its_user_in_one_scope(django_user_model):
+    from asgiref.sync import sync_to_async
+    from django.test import Client
+
+    def sign_in():
+        user = django_user_model.objects.create(username="member")
+        http = Client()
+        http.force_login(user)
+        return user, http.cookies["sessionid"].value
+
+    user, key = await sync_to_async(sign_in)()
+    app = await open_behind_the_stack(f"theme=dark; sessionid={key}")
+    assert app.scope["user"] == user
+    assert app.scope["session"].session_key == key
+    assert app.scope["cookies"] == {"theme": "dark", "sessionid": key}
+
+
+@pytest.mark.parametrize("cookie", [None, "sessionid=not-a-session"])
+async def test_without_a_valid_session_the_user_is_anonymous(cookie):
+    app = await open_behind_the_stack(cookie)
+    assert app.scope["user"].is_anonymous
+
+
+async def test_a_scope_without_headers_is_refused_by_name():
+    from eventbus.routing import SessionAuthMiddleware
+
+    with pytest.raises(ValueError, match="SessionAuthMiddleware was passed a scope without"):
+        await SessionAuthMiddleware(ScopeConsumer())({"type": "websocket"}, None, None)

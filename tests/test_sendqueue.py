@@ -203,3 +203,31 @@ async def test_sends_run_in_the_context_the_queue_was_made_in():
     await asyncio.wait_for(queue.drained(), TIMEOUT)
     assert socket.sent == ["at once", "after a wait", "queued"]
     assert seen == ["socket"] * 3
+
+
+async def test_frames_written_at_once_skip_the_send_and_keep_their_order():
+    socket = Socket()
+    written: list[str] = []
+    room = [True]
+
+    def write(frame: str) -> bool:
+        if room[0]:
+            written.append(frame)
+        return room[0]
+
+    queue = SendQueue(socket.send, limit=10, timeout=TIMEOUT, on_failure=print, write=write)
+    assert queue.offer("f0") and queue.offer("f1")
+    assert (written, socket.sent) == (["f0", "f1"], [])
+    # No room: the frame goes through the send, which waits; later frames queue behind it
+    # even once the writer has room again.
+    room[0] = False
+    socket.open.clear()
+    assert queue.offer("f2")
+    room[0] = True
+    assert queue.offer("f3")
+    assert written == ["f0", "f1"]
+    socket.open.set()
+    await queue.drained(TIMEOUT)
+    assert socket.sent == ["f2", "f3"]
+    assert queue.offer("f4")
+    assert written == ["f0", "f1", "f4"]
