@@ -17,9 +17,6 @@ import functools
 from collections.abc import Callable
 from typing import Any
 
-from websockets.frames import Frame, Opcode
-from websockets.protocol import State
-
 # What the writer reads of uvicorn's protocol object; a uvicorn without them gets none.
 _ATTRIBUTES = (
     "transport",
@@ -34,6 +31,8 @@ _ATTRIBUTES = (
 
 @functools.cache
 def _protocol_class() -> type[Any] | None:
+    # Imported on first use, not with the module: uvicorn and websockets are the
+    # server's, and a project served by daphne has neither.
     try:
         from uvicorn.protocols.websockets.websockets_sansio_impl import (
             WebSocketsSansIOProtocol,
@@ -56,6 +55,8 @@ def frame_writer(send: Any) -> Callable[[str], bool] | None:
         or not all(hasattr(protocol, name) for name in _ATTRIBUTES)
     ):
         return None
+    from websockets.protocol import State  # there: uvicorn's sans-I/O protocol uses it
+
     writable, conn = protocol.writable, protocol.conn
 
     def write(text: str) -> bool:
@@ -82,4 +83,6 @@ def frame_writer(send: Any) -> Callable[[str], bool] | None:
 def encoded_text_frame(text: str) -> bytes:
     """A server's unmasked, uncompressed text frame of ``text``: the bytes websockets
     writes for it. Cached: the fan-out writes the same frame to every socket."""
+    from websockets.frames import Frame, Opcode
+
     return Frame(Opcode.TEXT, text.encode()).serialize(mask=False)

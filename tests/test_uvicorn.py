@@ -122,3 +122,23 @@ async def test_a_socket_with_compression_goes_through_the_asgi_send():
 @pytest.mark.parametrize("send", [None, print, Transport().write])
 def test_other_sends_get_no_writer(send):
     assert frame_writer(send) is None
+
+
+def test_the_consumer_imports_without_uvicorn_or_websockets():
+    # A project served by daphne has neither package; the install check found the
+    # consumer failing to import when this module imported websockets at the top.
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "sys.modules['websockets'] = None\n"
+        "sys.modules['uvicorn'] = None\n"
+        "import eventbus.consumers, eventbus._uvicorn as u\n"
+        "u._protocol_class.cache_clear()\n"
+        "assert u.frame_writer(print) is None\n"
+        "print('imported')\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "imported"
