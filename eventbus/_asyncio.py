@@ -11,12 +11,34 @@ from __future__ import annotations
 
 import asyncio
 import sys
-from collections.abc import Coroutine, Iterator
-from typing import Any, TypeVar
+import weakref
+from collections.abc import Callable, Coroutine, Iterator
+from typing import Any, Generic, TypeVar
 
 T = TypeVar("T")
 
 EAGER = sys.version_info >= (3, 12)
+
+
+class PerLoopAndLayer(Generic[T]):
+    """One object per running event loop and channel layer, made on first use.
+
+    Per loop: a process may run several loops (tests, ``async_to_sync``), and an object
+    holding tasks or queues works in one loop only. Per layer: a project may have
+    several. A layer whose id is reused by a new one gets a new object."""
+
+    def __init__(self, factory: Callable[[Any], T]) -> None:
+        self._factory = factory
+        self._loops: weakref.WeakKeyDictionary[
+            asyncio.AbstractEventLoop, dict[int, tuple[Any, T]]
+        ] = weakref.WeakKeyDictionary()
+
+    def get(self, layer: Any) -> T:
+        per_loop = self._loops.setdefault(asyncio.get_running_loop(), {})
+        found = per_loop.get(id(layer))
+        if found is None or found[0] is not layer:
+            found = per_loop[id(layer)] = (layer, self._factory(layer))
+        return found[1]
 
 
 def in_event_loop() -> bool:

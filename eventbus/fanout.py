@@ -18,12 +18,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import weakref
 from typing import Any, Protocol
 
 from channels.layers import BaseChannelLayer
 
 from . import _redis
+from ._asyncio import PerLoopAndLayer
 from .cursor import RESET_TYPE, StreamCursor
 from .layers import FANOUT_CHANNEL_PREFIX
 from .metrics import get_metrics
@@ -236,15 +236,9 @@ class LocalFanout:
             self.distribute(missed)
 
 
-_fanouts: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[int, LocalFanout]] = (
-    weakref.WeakKeyDictionary()
-)
+_fanouts: PerLoopAndLayer[LocalFanout] = PerLoopAndLayer(LocalFanout)
 
 
 def get_fanout(layer: BaseChannelLayer) -> LocalFanout:
     """The running event loop's fan-out over ``layer``."""
-    per_loop = _fanouts.setdefault(asyncio.get_running_loop(), {})
-    fanout = per_loop.get(id(layer))
-    if fanout is None or fanout.layer is not layer:
-        fanout = per_loop[id(layer)] = LocalFanout(layer)
-    return fanout
+    return _fanouts.get(layer)

@@ -44,6 +44,7 @@ from channels.layers import BaseChannelLayer
 from django.utils.module_loading import import_string
 
 from . import conf
+from ._asyncio import PerLoopAndLayer
 from .exceptions import PresenceError, PresenceHookError
 from .layers import group_send_many
 from .metrics import get_metrics
@@ -518,15 +519,9 @@ class PresenceTracker:
 _HEARTBEAT_CONCURRENCY = 64
 
 
-_trackers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[int, PresenceTracker]] = (
-    weakref.WeakKeyDictionary()
-)
+_trackers: PerLoopAndLayer[PresenceTracker] = PerLoopAndLayer(PresenceTracker)
 
 
 def get_presence_tracker(layer: BaseChannelLayer) -> PresenceTracker:
     """The running event loop's tracker over ``layer``."""
-    per_loop = _trackers.setdefault(asyncio.get_running_loop(), {})
-    tracker = per_loop.get(id(layer))
-    if tracker is None or tracker.layer is not layer:
-        tracker = per_loop[id(layer)] = PresenceTracker(layer)
-    return tracker
+    return _trackers.get(layer)
