@@ -42,6 +42,7 @@ RUNS: list[tuple[str, list[str]]] = [
     ("bench.e2e", []),
     ("bench.sockets", []),
     ("bench.durable", ["--db", "sqlite"]),
+    ("bench.durable", ["--db", "sqlite", "--journal", "wal"]),
     ("bench.durable", ["--db", "postgres"]),
 ]
 

@@ -36,3 +36,24 @@ def pytest_ignore_collect(collection_path: Path, config: pytest.Config) -> bool 
         return None
     in_demo = "demo" in collection_path.relative_to(Path(__file__).parent).parts[:-1]
     return in_demo != demo_settings
+
+
+@pytest.fixture
+def wal():
+    """The test database in WAL mode at synchronous FULL, as a project that asks for WAL
+    with init_command gets it; back to a rollback journal after."""
+    from django.db import connection, connections
+
+    if connection.vendor != "sqlite":
+        pytest.skip("SQLite's journal modes")
+    connections.close_all()  # a new connection, as when a project's init_command sets WAL
+    with connection.cursor() as cursor:
+        cursor.execute("PRAGMA journal_mode = WAL")
+        assert cursor.fetchone()[0] == "wal"
+        cursor.execute("PRAGMA synchronous")
+        assert cursor.fetchone()[0] == 2  # FULL: SQLite's default, and Django's
+    yield
+    connections.close_all()
+    with connection.cursor() as cursor:
+        cursor.execute("PRAGMA journal_mode = DELETE")
+        assert cursor.fetchone()[0] == "delete"

@@ -205,16 +205,57 @@ def test_the_claim_commits_before_the_handler_runs(monkeypatch):
     with CaptureQueriesContext(connection) as queries:
         assert execute(str(run.id)) == "done"
     assert seen == [(RunStatus.RUNNING, 1)]
-    # Django 6 also logs BEGIN and COMMIT, which Django 5.2 leaves out.
-    claim = [q["sql"] for q in queries.captured_queries if q["sql"] not in ("BEGIN", "COMMIT")]
+    claim = _statements(queries)
     if connection.vendor == "postgresql":
         assert claim[0] == "SET LOCAL synchronous_commit TO OFF"
         assert claim[1].startswith('UPDATE "eventbus_handlerrun"')
-    else:
+    else:  # a rollback journal: no level is safe to lower, so none is touched
         assert claim[0].startswith('UPDATE "eventbus_handlerrun"')
+        assert not [sql for sql in claim if sql.startswith("PRAGMA synchronous =")]
     run.refresh_from_db()
     assert run.status == RunStatus.DONE and run.attempts == 1
     assert effects(event, "audit") == 1
+
+
+def _statements(queries: CaptureQueriesContext) -> list[str]:
+    # Django 6 also logs BEGIN and COMMIT, which Django 5.2 leaves out; the journal mode
+    # and level are read once per connection.
+    reads = ("BEGIN", "COMMIT", "PRAGMA journal_mode", "PRAGMA synchronous")
+    return [q["sql"] for q in queries.captured_queries if q["sql"] not in reads]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_in_wal_mode_the_claim_commits_without_an_fsync_and_the_handler_with_one(wal, monkeypatch):
+    """In WAL mode the claim commits at synchronous NORMAL (no fsync), and the level is
+    back at FULL before step 2 begins, so the handler's commit waits for the disk and
+    takes the claim's pages with it."""
+    event = pay()
+    run = run_of(event, "audit")
+    from tests.testapp import handlers
+
+    seen: list[Any] = []
+    original = handlers._effect
+
+    def spy(event: Event[Any], handler: str) -> None:
+        with connection.cursor() as cursor:  # the worker's own connection, in step 2
+            cursor.execute("PRAGMA synchronous")
+            level = cursor.fetchone()[0]
+        with ThreadPoolExecutor(1) as elsewhere:
+            seen.append((level, elsewhere.submit(_status_elsewhere, run.id).result()))
+        original(event, handler)
+
+    monkeypatch.setattr(handlers, "_effect", spy)
+    for _ in range(2):  # the second run finds the level remembered for this connection
+        with CaptureQueriesContext(connection) as queries:
+            assert execute(str(run.id), force=bool(seen)) == "done"
+        claim = _statements(queries)
+        assert claim[0] == "PRAGMA synchronous = NORMAL"
+        assert claim[1].startswith('UPDATE "eventbus_handlerrun"')
+        assert claim[2] == "PRAGMA synchronous = 2"
+    assert seen == [(2, (RunStatus.RUNNING, 1)), (2, (RunStatus.RUNNING, 2))]
+    run.refresh_from_db()
+    assert run.status == RunStatus.DONE and run.attempts == 2
+    assert effects(event, "audit") == 2  # forced: the second run applied it again
 
 
 def test_a_run_whose_handler_is_gone_is_dead_with_a_clear_error():
@@ -433,6 +474,7 @@ def test_run_durable_handlers_runs_what_is_pending_once(django_capture_on_commit
     assert run_durable_handlers() == 1
     assert run_of(second, "notify").status == RunStatus.DEAD
     assert run_durable_handlers() == 0
+
 
 def count_any(event: Event[Any]) -> None:
     """A durable handler of two types (at module level, as a durable one must be)."""
