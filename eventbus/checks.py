@@ -56,6 +56,7 @@ W007 = "eventbus.W007"  # durable runs go to a backend that runs nothing, or run
 W008 = "eventbus.W008"  # PRESENCE on a channel layer with no shared presence store
 W009 = "eventbus.W009"  # (deploy) a Sentinel hosts entry watched by fewer than 3 sentinels
 W010 = "eventbus.W010"  # (deploy) the sink's channel layer is in memory: one process only
+W011 = "eventbus.W011"  # (database) durable runs on SQLite with a rollback journal
 
 _NUMBERS = (
     "MAX_PAYLOAD_BYTES",
@@ -99,6 +100,7 @@ def register_checks() -> None:
     register(check_daphne_deploy, Tags.security, deploy=True)
     register(check_layer_deploy, Tags.compatibility, deploy=True)
     register(check_sentinel_quorum, Tags.compatibility, deploy=True)
+    register(check_durable_journal, Tags.database)
 
 
 def check_eventbus(
@@ -817,6 +819,44 @@ def check_log_database(
             "a batch with UPDATE ... RETURNING, which needs SQLite 3.35 or newer.",
             hint="Use a Python built with a newer SQLite (or pysqlite3), or PostgreSQL.",
             id=E027,
+        )
+    ]
+
+
+def check_durable_journal(
+    app_configs: Sequence[AppConfig] | None = None,
+    databases: Sequence[str] | None = None,
+    **kwargs: Any,
+) -> list[CheckMessage]:
+    """Durable runs on SQLite want WAL: a rollback journal has no commit that skips the
+    fsync safely, so each run waits for one more than a plain task (docs/performance.md).
+
+    A database check: it asks the database, so it runs where Django lets checks do that
+    (``migrate``, ``check --database``).
+    """
+    from django.db import connections, router
+
+    from .models import HandlerRun
+
+    if not databases or not get_event_dispatcher().durable_handlers():
+        return []
+    alias = router.db_for_write(HandlerRun)
+    connection = connections[alias]
+    if alias not in databases or connection.vendor != "sqlite":
+        return []
+    with connection.cursor() as cursor:
+        cursor.execute("PRAGMA journal_mode")
+        mode = str(cursor.fetchone()[0]).lower()
+    if mode in ("wal", "memory", "off"):
+        return []
+    return [
+        Warning(
+            f"Durable runs are on SQLite with the {mode!r} rollback journal (database "
+            f"{alias!r}): each run waits for four fsyncs where a plain task waits for three, "
+            "and the web, relay and worker processes block each other's writes.",
+            hint='Use WAL: DATABASES[...]["OPTIONS"]["init_command"] = '
+            '"PRAGMA journal_mode=WAL" (docs/deployment.md).',
+            id=W011,
         )
     ]
 

@@ -65,6 +65,9 @@ DATABASES = {
         "TEST": {
             "NAME": os.path.join(tempfile.gettempdir(), f"eventbus-demo-{os.getpid()}.sqlite3")
         },
+        # WAL: the server, the relay and the task worker write at once, and a durable
+        # run's claim can skip its fsync safely (eventbus.W011, docs/deployment.md).
+        "OPTIONS": {"init_command": "PRAGMA journal_mode=WAL"},
     }
 }
 

@@ -4,11 +4,12 @@ import pytest
 from django.core import checks
 from django.core.management import call_command
 from django.core.management.base import SystemCheckError
+from django.db import connection
 from django.test import override_settings
 
 from eventbus import Event, event_handler
 from eventbus.catalog import catalog
-from eventbus.dispatcher import EventDispatcher
+from eventbus.dispatcher import EventDispatcher, get_event_dispatcher
 from tests.testapp.events import OrderClosed, ShopEvent
 
 # Model checks (JSONField support) open a cursor on some Django versions.
@@ -427,3 +428,27 @@ def test_other_layers_hosts_are_not_read():
     }
     with override_settings(CHANNEL_LAYERS=layers):
         assert ids(run_checks()) == []
+
+
+@pytest.mark.django_db(transaction=True)
+def test_durable_runs_on_a_rollback_journal_warn_when_the_database_is_checked():
+    if connection.vendor != "sqlite":
+        pytest.skip("SQLite's journal modes")
+    assert get_event_dispatcher().durable_handlers()  # tests.testapp declares some
+    [warning] = [m for m in checks.run_checks(databases=["default"]) if m.id == "eventbus.W011"]
+    assert "'delete' rollback journal" in warning.msg
+    assert "PRAGMA journal_mode=WAL" in warning.hint
+    assert "eventbus.W011" not in ids(run_checks())  # a database check: asked for only
+
+
+@pytest.mark.django_db(transaction=True)
+def test_durable_runs_on_wal_do_not_warn(wal):
+    assert "eventbus.W011" not in ids(checks.run_checks(databases=["default"]))
+
+
+@pytest.mark.django_db(transaction=True)
+def test_no_durable_handlers_no_journal_warning(monkeypatch):
+    if connection.vendor != "sqlite":
+        pytest.skip("SQLite's journal modes")
+    monkeypatch.setattr("eventbus.checks.get_event_dispatcher", EventDispatcher)
+    assert "eventbus.W011" not in ids(checks.run_checks(databases=["default"]))

@@ -11,6 +11,7 @@ import pytest
 from django.contrib.auth import get_user_model
 from django.core import checks
 from django.core.management import call_command
+from django.db import connection
 from django.utils import timezone
 from pydantic import BaseModel
 
@@ -124,6 +125,13 @@ def test_demo_payloads_refuse_extra_fields():
 
 def test_demo_system_checks_are_clean(db):  # model checks may open a cursor (JSONField)
     assert [m for m in checks.run_checks() if m.level >= checks.WARNING] == []
+    # The database checks too (as migrate runs them): the demo's SQLite is in WAL mode,
+    # so its durable runs do not warn (eventbus.W011).
+    found = checks.run_checks(databases=["default"])
+    assert [m for m in found if m.level >= checks.WARNING] == []
+    with connection.cursor() as cursor:
+        cursor.execute("PRAGMA journal_mode")
+        assert cursor.fetchone()[0] == "wal"
 
 
 def test_demo_migrations_are_in_sync(db):  # makemigrations reads the applied history
