@@ -28,7 +28,7 @@ from .cursor import RESET_TYPE, StreamCursor
 from .layers import FANOUT_CHANNEL_PREFIX
 from .metrics import get_metrics
 from .presence import PRESENCE_TYPE
-from .reconnect import RETRY_FIRST, is_connection_error, next_delay
+from .reconnect import RETRY_FIRST, is_connection_error, log_layer_error, next_delay
 from .streams import Head
 from .tracing import get_tracing
 
@@ -227,10 +227,7 @@ class LocalFanout:
         except Exception as exc:
             # Still away (or, after a failover, read-only): the reader and the refresh
             # must live on and try again later, or every socket here goes quiet.
-            if is_connection_error(exc):
-                logger.warning("The fan-out could not join its groups again: %s", exc)
-            else:
-                logger.exception("The fan-out could not join its groups again")
+            log_layer_error(logger, exc, "The fan-out could not join its groups again")
             return
         for missed in await self.cursor.catch_up():
             self.distribute(missed)

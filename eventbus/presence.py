@@ -48,7 +48,7 @@ from ._asyncio import PerLoopAndLayer
 from .exceptions import PresenceError, PresenceHookError
 from .layers import group_send_many
 from .metrics import get_metrics
-from .reconnect import is_connection_error
+from .reconnect import log_layer_error
 
 logger = logging.getLogger("eventbus.presence")
 
@@ -465,10 +465,7 @@ class PresenceTracker:
         try:
             await announce(self.layer, channel, changes)
         except Exception as exc:
-            if is_connection_error(exc):
-                logger.warning("Presence: announcing a join on %s failed: %s", channel, exc)
-            else:
-                logger.exception("Presence: announcing a join on %s failed", channel)
+            log_layer_error(logger, exc, "Presence: announcing a join on %s failed", channel)
 
     async def leave(self, channel: str, connection: str) -> None:
         """Remove ``connection``; a store that is away is logged (its entry expires)."""
@@ -481,10 +478,7 @@ class PresenceTracker:
         try:
             await announce(self.layer, channel, await self.store.leave(channel, [connection]))
         except Exception as exc:
-            if not is_connection_error(exc):
-                logger.exception("Presence: leaving %s failed; the entry expires", channel)
-            else:
-                logger.warning("Presence: leaving %s failed (%s); the entry expires", channel, exc)
+            log_layer_error(logger, exc, "Presence: leaving %s failed; the entry expires", channel)
 
     async def _run(self) -> None:
         while self._entries:
@@ -509,10 +503,7 @@ class PresenceTracker:
             changes = await self.store.join(channel, batch, self.ttl)
             await announce(self.layer, channel, changes)
         except Exception as exc:
-            if is_connection_error(exc):
-                logger.warning("Presence heartbeat for %s failed: %s", channel, exc)
-            else:
-                logger.exception("Presence heartbeat for %s failed", channel)
+            log_layer_error(logger, exc, "Presence heartbeat for %s failed", channel)
 
 
 # Channels renewed at once: one script call each, so a few round trips for many channels.

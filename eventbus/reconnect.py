@@ -6,6 +6,8 @@ fan-out reader), so both wait the same and give up on the same errors.
 
 from __future__ import annotations
 
+import logging
+
 # After a lost connection, wait 0.1 s, then 0.2 s, ... up to 2 s between attempts.
 RETRY_FIRST = 0.1
 RETRY_MAX = 2.0
@@ -22,3 +24,13 @@ def is_connection_error(exc: BaseException) -> bool:
     return isinstance(exc, OSError) or any(
         cls.__name__ in ("ConnectionError", "TimeoutError") for cls in type(exc).__mro__
     )
+
+
+def log_layer_error(logger: logging.Logger, exc: BaseException, what: str, *args: object) -> None:
+    """Log that ``what`` failed on the layer: a warning with the error when its server is
+    away (the caller tries again later, or the entry expires), else the traceback of a
+    bug."""
+    if is_connection_error(exc):
+        logger.warning(f"{what}: %s", *args, exc)
+    else:
+        logger.error(what, *args, exc_info=exc)
