@@ -38,7 +38,7 @@ from tests.services import AsgiServer, RedisServer, SentinelGroup
 
 from .check import Log, check_consumer, check_log, failures, outcomes, read_log, records
 from .cluster import Process, base_env, wait_for_line
-from .run import RESULTS, conninfo, database
+from .run import RESULTS, conninfo, database, drain
 
 BACKENDS = {
     "core": "channels_redis.core.RedisChannelLayer",
@@ -274,17 +274,6 @@ class Run:
         return {"during_fault": during, "after_fault": after, "held_back": held_back}
 
 
-def _drain(run: Run) -> tuple[dict[str, Any], float]:
-    started = time.monotonic()
-    while True:
-        result = run.count()
-        missing = result["log"]["pending"] + sum(c["lost"] for c in result["consumers"].values())
-        waited = time.monotonic() - started
-        if not missing or waited >= DRAIN_SECONDS:
-            return result, waited
-        time.sleep(1.0)
-
-
 def run(mode: str, backend: str, template: str | None = None) -> dict[str, Any]:
     """One run, start to finish; its report (also in test-results/failover-<mode>-<backend>.json)."""
     started = time.monotonic()
@@ -306,7 +295,7 @@ def run(mode: str, backend: str, template: str | None = None) -> dict[str, Any]:
             time.sleep(CALM_SECONDS)
             cluster.stop_publishers()
             cluster.note("publishers_stopped")
-            result, drained = _drain(cluster)
+            result, drained = drain(cluster.count, DRAIN_SECONDS)
             report.update(result)
             report["fault"] = cluster.noted
             report["drain_seconds"] = round(drained, 1)

@@ -14,7 +14,7 @@ import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -74,11 +74,12 @@ def database(name: str, template: str | None = None) -> Iterator[str]:
         _admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
-def _drain(cluster: Cluster, db: str, seconds: float) -> tuple[dict[str, Any], float]:
-    """Check every second until nothing is pending or missing, for at most ``seconds``."""
+def drain(count: Callable[[], dict[str, Any]], seconds: float) -> tuple[dict[str, Any], float]:
+    """Count every second until nothing is pending or missing, for at most ``seconds``; the
+    last count, and the seconds waited."""
     started = time.monotonic()
     while True:
-        result = check(conninfo(db), cluster.dir)
+        result = count()
         missing = result["log"]["pending"] + sum(
             consumer["lost"] for consumer in result["consumers"].values()
         )
@@ -108,7 +109,7 @@ def run_seed(seed: int, quick: bool, template: str | None = None) -> dict[str, A
             finally:
                 report["nemesis"] = nemesis.report(schedule)
             cluster.stop_publishers()
-            result, drained = _drain(cluster, db, DRAIN_SECONDS[quick])
+            result, drained = drain(lambda: check(conninfo(db), cluster.dir), DRAIN_SECONDS[quick])
             report.update(result)
             report["drain_seconds"] = round(drained, 1)
             report["crashed"] = cluster.crashed()
