@@ -163,6 +163,30 @@ async def test_apublish_is_traced_as_publish(dispatcher, spans, sink):
 
 
 @pytest.mark.django_db(transaction=True)
+async def test_an_async_handler_runs_in_its_span_and_its_failure_is_recorded(
+    dispatcher, spans, sink
+):
+    inside: list[Any] = []
+
+    async def fails(event: Event[Any]) -> None:
+        await asyncio.sleep(0)  # the span stays current across an await
+        inside.append(trace.get_current_span().get_span_context().span_id)
+        raise ValueError("no")
+
+    dispatcher.subscribe(ShopEvent.ORDER_DELETED, fails)
+    with spans.tracer.start_as_current_span("task") as task:
+        await dispatcher.apublish(ShopEvent.ORDER_DELETED, {"order_id": 3})
+        await dispatcher.drain()
+        assert trace.get_current_span() is task  # the handler's span was detached
+    handle = spans.one("handle order.deleted")
+    assert inside == [handle.context.span_id]
+    assert handle.status.status_code == trace.StatusCode.ERROR
+    assert handle.status.description == "ValueError: no"
+    assert [e.name for e in handle.events] == ["exception"]
+    assert handle.end_time is not None
+
+
+@pytest.mark.django_db(transaction=True)
 def test_outside_a_recorded_trace_nothing_is_traced(dispatcher, spans, sink):
     dispatcher.subscribe(ShopEvent.ORDER_DELETED, lambda event: None)
     event = dispatcher.publish(ShopEvent.ORDER_DELETED, {"order_id": 1})
