@@ -289,7 +289,8 @@ def _claim(sql: _RunStatements, params: list[Any], alias: str) -> int:
     the machine can lose only the count of an attempt whose handler never committed.
     """
     connection = connections[alias]
-    if connection.in_atomic_block:  # the caller's transaction: it commits with it
+    if connection.in_atomic_block or not connection.get_autocommit():
+        # The caller's transaction: it commits with it, at the caller's level.
         with connection.cursor() as cursor:
             cursor.execute(sql.claim, params)
             return int(cursor.rowcount)
@@ -332,8 +333,9 @@ def _sqlite_unsynced(connection: BaseDatabaseWrapper) -> Iterator[None]:
 
 
 # Per connection: its open database connection, and the synchronous level to restore
-# (None: leave it alone). Read once per opened connection: the journal mode and the level
-# are set when it opens (``init_command``).
+# (None: leave it alone). Read once per opened connection, so the journal mode and the
+# level are those it opened with (``init_command``): a project that changes either on an
+# open connection later is not seen.
 _sync_levels: weakref.WeakKeyDictionary[BaseDatabaseWrapper, tuple[Any, int | None]] = (
     weakref.WeakKeyDictionary()
 )

@@ -1,7 +1,8 @@
-"""Reconnecting to the channel layer's server: the backoff, and what counts as a lost link.
+"""Reconnecting to the channel layer's server: the backoff, what counts as a lost link,
+and how a failure that is only a lost link is logged.
 
 Shared by what reads from the layer for a long time (a subscription, a process's
-fan-out reader), so both wait the same and give up on the same errors.
+fan-out reader) and by presence, so all wait the same and treat the same errors alike.
 """
 
 from __future__ import annotations

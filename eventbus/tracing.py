@@ -109,7 +109,7 @@ class Tracing:
                 token = attach(set_span_in_context(span, parent))
                 try:
                     return await func(argument)
-                except BaseException as exc:
+                except Exception as exc:  # as start_as_current_span: not a cancellation
                     _record_failure(span, exc)
                     raise
                 finally:
@@ -123,7 +123,7 @@ class Tracing:
                 token = attach(set_span_in_context(span, parent))
                 try:
                     return func(argument)
-                except BaseException as exc:
+                except Exception as exc:  # as start_as_current_span: not a cancellation
                     _record_failure(span, exc)
                     raise
                 finally:
@@ -237,7 +237,7 @@ class PublishSpan:
         self.span.set_attributes(_attributes(event))
 
 
-def _record_failure(span: Span, exc: BaseException) -> None:
+def _record_failure(span: Span, exc: Exception) -> None:
     """What a span made current by ``start_as_current_span`` records when its block raises."""
     from opentelemetry.trace import Status, StatusCode
 

@@ -245,17 +245,45 @@ def test_in_wal_mode_the_claim_commits_without_an_fsync_and_the_handler_with_one
         original(event, handler)
 
     monkeypatch.setattr(handlers, "_effect", spy)
-    for _ in range(2):  # the second run finds the level remembered for this connection
+    reads = []
+    for _ in range(2):
         with CaptureQueriesContext(connection) as queries:
             assert execute(str(run.id), force=bool(seen)) == "done"
         claim = _statements(queries)
         assert claim[0] == "PRAGMA synchronous = NORMAL"
         assert claim[1].startswith('UPDATE "eventbus_handlerrun"')
         assert claim[2] == "PRAGMA synchronous = 2"
+        reads.append(
+            [q["sql"] for q in queries.captured_queries if q["sql"] == "PRAGMA journal_mode"]
+        )
+    assert reads == [["PRAGMA journal_mode"], []]  # read once per connection
     assert seen == [(2, (RunStatus.RUNNING, 1)), (2, (RunStatus.RUNNING, 2))]
     run.refresh_from_db()
     assert run.status == RunStatus.DONE and run.attempts == 2
     assert effects(event, "audit") == 2  # forced: the second run applied it again
+
+
+@pytest.mark.django_db(transaction=True)
+def test_with_autocommit_off_the_claim_is_the_callers_and_the_level_is_left_alone(wal):
+    """A caller that turned autocommit off holds the transaction: the claim commits with
+    it, at its level (a PRAGMA there would fail, and a NORMAL left behind would skip the
+    fsync of every later commit on the connection)."""
+    event = pay()
+    run = run_of(event, "audit")
+    transaction.set_autocommit(False)
+    try:
+        with CaptureQueriesContext(connection) as queries:
+            assert execute(str(run.id)) == "done"
+        transaction.commit()
+        with connection.cursor() as cursor:
+            cursor.execute("PRAGMA synchronous")
+            assert cursor.fetchone()[0] == 2
+    finally:
+        transaction.set_autocommit(True)
+    assert not [q for q in queries.captured_queries if q["sql"].startswith("PRAGMA synchronous =")]
+    run.refresh_from_db()
+    assert run.status == RunStatus.DONE and run.attempts == 1
+    assert effects(event, "audit") == 1
 
 
 def test_a_run_whose_handler_is_gone_is_dead_with_a_clear_error():

@@ -20,7 +20,7 @@ from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from eventbus import Event, get_event_dispatcher, tracing
+from eventbus import Event, event_published, get_event_dispatcher, tracing
 from eventbus.bus import EventBus
 from eventbus.durable import execute
 from eventbus.envelope import parse_traceparent
@@ -39,6 +39,7 @@ SETTINGS = {"CATALOGS": [], "SINK": FLAKY}
 class Spans:
     def __init__(self, exporter: InMemorySpanExporter, provider: TracerProvider) -> None:
         self.exporter = exporter
+        self.provider = provider
         self.tracer = provider.get_tracer("tests")
 
     def finished(self) -> list[ReadableSpan]:
@@ -174,16 +175,79 @@ async def test_an_async_handler_runs_in_its_span_and_its_failure_is_recorded(
         raise ValueError("no")
 
     dispatcher.subscribe(ShopEvent.ORDER_DELETED, fails)
-    with spans.tracer.start_as_current_span("task") as task:
+    with spans.tracer.start_as_current_span("task"):
         await dispatcher.apublish(ShopEvent.ORDER_DELETED, {"order_id": 3})
         await dispatcher.drain()
-        assert trace.get_current_span() is task  # the handler's span was detached
     handle = spans.one("handle order.deleted")
     assert inside == [handle.context.span_id]
     assert handle.status.status_code == trace.StatusCode.ERROR
     assert handle.status.description == "ValueError: no"
     assert [e.name for e in handle.events] == ["exception"]
     assert handle.end_time is not None
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_sync_handler_runs_in_its_span_which_is_no_longer_current_after(dispatcher, spans, sink):
+    """Outside a transaction sync handlers run inside publish(): each one's span is current
+    while it runs and detached after, even when it raises, so what runs after them in the
+    publish (the signal's receivers) is in the publish span again."""
+    inside: list[Any] = []
+    after: list[Any] = []
+
+    def first(event: Event[Any]) -> None:
+        inside.append(trace.get_current_span().get_span_context().span_id)
+        raise ValueError("no")
+
+    def second(event: Event[Any]) -> None:
+        inside.append(trace.get_current_span().get_span_context().span_id)
+
+    def receiver(sender: Any, event: Event[Any], **kwargs: Any) -> None:
+        after.append(trace.get_current_span().get_span_context().span_id)
+
+    dispatcher.subscribe(ShopEvent.ORDER_DELETED, first)
+    dispatcher.subscribe(ShopEvent.ORDER_DELETED, second)
+    event_published.connect(receiver, weak=False)
+    try:
+        with spans.tracer.start_as_current_span("request") as request:
+            dispatcher.publish(ShopEvent.ORDER_DELETED, {"order_id": 4})
+            assert trace.get_current_span() is request
+    finally:
+        event_published.disconnect(receiver)
+    handles = spans.named("handle order.deleted")
+    assert sorted(inside) == sorted(s.context.span_id for s in handles)
+    assert len(set(inside)) == 2
+    assert after == [spans.one("publish order.deleted").context.span_id]
+
+
+@pytest.mark.asyncio
+async def test_a_cancelled_async_handler_is_not_a_failure(spans):
+    """As with start_as_current_span: a cancellation ends the span without an error."""
+    from eventbus.inspection import Handler
+    from eventbus.tracing import Tracing, context_of
+
+    started = asyncio.Event()
+
+    async def waits(event: Any) -> None:
+        started.set()
+        await asyncio.sleep(60)
+
+    tracing = Tracing(spans.provider)
+    with spans.tracer.start_as_current_span("task") as task:
+        parent = context_of(traceparent_of(task))
+        [traced] = [
+            tracing._traced(
+                Handler(waits, "waits", True, False, False, None), "handle x", {}, parent
+            )
+        ]
+        running = asyncio.ensure_future(traced.func(None))
+        await started.wait()
+        running.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await running
+    span = spans.one("handle x")
+    assert span.status.status_code == trace.StatusCode.UNSET
+    assert span.events == ()
+    assert span.end_time is not None
 
 
 @pytest.mark.django_db(transaction=True)
