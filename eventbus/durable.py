@@ -42,7 +42,7 @@ from .inspection import Handler
 from .log import is_logged
 from .metrics import get_metrics
 from .models import EVENT_COLUMNS, EventRecord, HandlerRun, RunStatus, event_from_columns
-from .tracing import get_tracing
+from .tracing import get_tracing, record_failure
 
 if TYPE_CHECKING:
     from django.db.models import Field
@@ -261,11 +261,9 @@ def _failed_span(exc: Exception) -> None:
     # The span ends normally (the run's failure is recorded, not raised): say it failed.
     if get_tracing() is None:
         return
-    from opentelemetry.trace import Status, StatusCode, get_current_span
+    from opentelemetry.trace import get_current_span
 
-    span = get_current_span()
-    span.record_exception(exc)
-    span.set_status(Status(StatusCode.ERROR, f"{type(exc).__name__}: {exc}"))
+    record_failure(get_current_span(), exc)
 
 
 @contextmanager

@@ -110,7 +110,7 @@ class Tracing:
                 try:
                     return await func(argument)
                 except Exception as exc:  # as start_as_current_span: not a cancellation
-                    _record_failure(span, exc)
+                    record_failure(span, exc)
                     raise
                 finally:
                     detach(token)
@@ -124,7 +124,7 @@ class Tracing:
                 try:
                     return func(argument)
                 except Exception as exc:  # as start_as_current_span: not a cancellation
-                    _record_failure(span, exc)
+                    record_failure(span, exc)
                     raise
                 finally:
                     detach(token)
@@ -237,8 +237,9 @@ class PublishSpan:
         self.span.set_attributes(_attributes(event))
 
 
-def _record_failure(span: Span, exc: Exception) -> None:
-    """What a span made current by ``start_as_current_span`` records when its block raises."""
+def record_failure(span: Span, exc: Exception) -> None:
+    """Mark ``span`` failed with ``exc``, as ``start_as_current_span`` does when its block
+    raises: an exception event and an ERROR status."""
     from opentelemetry.trace import Status, StatusCode
 
     if span.is_recording():
