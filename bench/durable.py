@@ -606,11 +606,14 @@ class Statements:
                 begin = [last.pop()] if last and last[-1].startswith("BEGIN") else []
                 self.units.append(begin)
             self.units[-1].append(_shorten(sql))
-            if queue not in sql and not sql.startswith("BEGIN"):
+            begin = sql.startswith("BEGIN") and ";" not in sql  # a transaction's opening
+            if queue not in sql and not begin:
                 self.task += 1
             writes = sql.lstrip().split(None, 1)[0].upper() in ("INSERT", "UPDATE", "DELETE")
-            if writes and not context["connection"].in_atomic_block:
-                self.commits += 1  # autocommit
+            # A whole transaction in one string (the claim on PostgreSQL) commits too.
+            whole = sql.startswith("BEGIN;") and sql.rstrip().endswith("; COMMIT")
+            if whole or (writes and not context["connection"].in_atomic_block):
+                self.commits += 1  # autocommit, or the string's own COMMIT
                 self.units[-1].append("(commit)")
             return execute(sql, params, many, context)
 
@@ -626,7 +629,10 @@ class Statements:
 
 
 def _shorten(sql: str) -> str:
-    """A statement's verb and tables: 'SELECT eventbus_handlerrun eventbus_eventrecord'."""
+    """A statement's verb and tables: 'SELECT eventbus_handlerrun eventbus_eventrecord';
+    several in one string, each so."""
+    if ";" in sql:
+        return "; ".join(_shorten(part) for part in sql.split(";") if part.strip())
     plain = sql.replace('"', "")
     tables = re.findall(r"\b(?:FROM|JOIN|INTO|UPDATE)\s+(\w+)", plain)
     if not tables:

@@ -22,7 +22,7 @@ import logging
 import traceback
 import weakref
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager, nullcontext, suppress
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, cast
@@ -295,12 +295,32 @@ def _claim(sql: _RunStatements, params: list[Any], alias: str) -> int:
     if sql.claim_commits_later:
         # PostgreSQL: this transaction's commit returns before its WAL is flushed; the
         # WAL writer flushes it within 3 x wal_writer_delay.
+        if sql.claim_in_one_trip:
+            return _claim_in_one_trip(connection, sql.claim, params)
         with transaction.atomic(using=alias), connection.cursor() as cursor:
             cursor.execute("SET LOCAL synchronous_commit TO OFF")
             cursor.execute(sql.claim, params)
             return int(cursor.rowcount)
     with _sqlite_unsynced(connection), connection.cursor() as cursor:
         cursor.execute(sql.claim, params)
+        return int(cursor.rowcount)
+
+
+def _claim_in_one_trip(connection: BaseDatabaseWrapper, claim: str, params: list[Any]) -> int:
+    """Step 1 on PostgreSQL as one query string: one round trip instead of four (BEGIN,
+    SET LOCAL, the claim, COMMIT), each about a tenth of a millisecond against a run's
+    few (bench.durable)."""
+    with connection.cursor() as cursor:
+        try:
+            cursor.execute(f"BEGIN; SET LOCAL synchronous_commit TO OFF; {claim}; COMMIT", params)
+        except Exception:
+            # A statement that failed leaves the string's transaction open and aborted:
+            # end it, or the connection refuses every later query.
+            with suppress(Exception):
+                cursor.execute("ROLLBACK")
+            raise
+        cursor.nextset()  # BEGIN's result, then SET's: the claim's is third
+        cursor.nextset()
         return int(cursor.rowcount)
 
 
@@ -421,6 +441,12 @@ class _RunStatements:
             f"{quote('started_at')} = %s WHERE {key} = %s AND {status} IN (%s, %s, %s)"
         )
         self.claim_commits_later = connection.vendor == "postgresql"
+        # psycopg 3 binding on the client (Django's default) takes several statements in
+        # one execute; psycopg2 reads back only the last one's count, and server-side
+        # binding takes one statement only.
+        self.claim_in_one_trip = self.claim_commits_later and _many_statements_per_execute(
+            connection
+        )
         self.done = (
             f"UPDATE {runs} SET {status} = %s, {quote('last_error')} = '', "
             f"{quote('traceback')} = '' WHERE {key} = %s AND {status} = %s"
@@ -486,6 +512,12 @@ class _RunStatements:
         run = HandlerRun.from_db(alias, self.run_fields, values[:count])
         event = tuple(values[count:])
         return run, (None if event[0] is None else event)
+
+
+def _many_statements_per_execute(connection: BaseDatabaseWrapper) -> bool:
+    from django.db.backends.postgresql.psycopg_any import is_psycopg3
+
+    return is_psycopg3 and not connection.settings_dict["OPTIONS"].get("server_side_binding")
 
 
 @functools.cache

@@ -12,7 +12,7 @@ from uuid import UUID
 import django
 import pytest
 from django.core.checks import run_checks
-from django.db import connection, connections, transaction
+from django.db import ProgrammingError, connection, connections, transaction
 from django.test import override_settings
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
@@ -206,14 +206,38 @@ def test_the_claim_commits_before_the_handler_runs(monkeypatch):
         assert execute(str(run.id)) == "done"
     assert seen == [(RunStatus.RUNNING, 1)]
     claim = _statements(queries)
-    if connection.vendor == "postgresql":
-        assert claim[0] == "SET LOCAL synchronous_commit TO OFF"
-        assert claim[1].startswith('UPDATE "eventbus_handlerrun"')
+    if connection.vendor == "postgresql":  # one round trip: the transaction as one string
+        assert claim[0].startswith(
+            'BEGIN; SET LOCAL synchronous_commit TO OFF; UPDATE "eventbus_handlerrun"'
+        )
+        assert claim[0].endswith("; COMMIT")
     else:  # a rollback journal: no level is safe to lower, so none is touched
         assert claim[0].startswith('UPDATE "eventbus_handlerrun"')
         assert not [sql for sql in claim if sql.startswith("PRAGMA synchronous =")]
     run.refresh_from_db()
     assert run.status == RunStatus.DONE and run.attempts == 1
+    assert effects(event, "audit") == 1
+
+
+@pytest.mark.postgres
+@pytest.mark.django_db(transaction=True)
+def test_a_claim_that_fails_leaves_the_connection_usable(monkeypatch):
+    """The one-string claim's transaction is the worker's to end: a statement that fails
+    in it must not leave the connection in an aborted transaction for the next run."""
+    from psycopg.pq import TransactionStatus
+
+    from eventbus.durable import _statements as statements
+
+    event = pay()
+    run = run_of(event, "audit")
+    run_sql = statements(connection.alias)
+    broken = run_sql.claim.replace('"eventbus_handlerrun"', '"eventbus_no_such_table"', 1)
+    monkeypatch.setattr(run_sql, "claim", broken)
+    with pytest.raises(ProgrammingError, match="eventbus_no_such_table"):
+        execute(str(run.id))
+    assert connection.connection.info.transaction_status == TransactionStatus.IDLE
+    monkeypatch.undo()
+    assert execute(str(run.id)) == "done"  # the same connection, the next run
     assert effects(event, "audit") == 1
 
 
