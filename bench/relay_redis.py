@@ -9,9 +9,9 @@ on SQLite (``--db sqlite``) or on the PostgreSQL server of the tests (``--db pos
 
 Three rounds take turns (relay, plain loop, relay into a sink that does nothing, and
 the floor: the bare SQL statements of the relay's database work, batch by batch, with
-no Python event in between), and each rate is the median of its rounds. The
-subscribers run in a process of their own (``bench.relay_listener``) and count what
-arrives.
+no Python event in between, timed step by step: ``bare_sql_us_per_event``), and each
+rate is the median of its rounds. The subscribers run in a process of their own
+(``bench.relay_listener``) and count what arrives.
 """
 
 from __future__ import annotations
@@ -118,6 +118,7 @@ def run(quick: bool = False, layer: str = "core", db: str = "sqlite") -> list[di
             database=vendor,
             bare_sql=rates.bare_sql,
             bare_sql_name="the relay's SQL statements alone, per batch as the relay runs them",
+            bare_sql_us_per_event=rates.bare_sql_us_per_event,
             rounds=rates.rounds,
             cpu_us_per_event=rates.cpu_us_per_event,
             received_by_subscribers=rates.received,
@@ -138,6 +139,7 @@ class Rates(NamedTuple):
     received: int
     rounds: int
     cpu_us_per_event: dict[str, float]
+    bare_sql_us_per_event: dict[str, float]
 
 
 async def _measure(quick: bool) -> Rates:
@@ -172,6 +174,7 @@ async def _measure(quick: bool) -> Rates:
     # This process's CPU per event beside the wall time: on a machine shared with other
     # work, it moves less from one run to the next (PostgreSQL's own work is not in it).
     cpu: dict[str, list[float]] = {"relay": [], "plain": [], "null_sink": []}
+    sql_steps: dict[str, list[float]] = {}  # µs per event of each step of the bare SQL
 
     def fill() -> list[Any]:
         EventRecord.objects.all().delete()
@@ -215,7 +218,10 @@ async def _measure(quick: bool) -> Rates:
         delivered. No event is built, routed or sent: the floor under the relay's
         database work."""
         fill()
-        return _bare_sql(count, 500)
+        seconds, steps = _bare_sql(count, 500)
+        for name, spent in steps.items():
+            sql_steps.setdefault(name, []).append(spent / count * 1e6)
+        return seconds
 
     async def plain() -> float:
         events = await sync_to_async(fill)()
@@ -252,19 +258,28 @@ async def _measure(quick: bool) -> Rates:
         received,
         rounds,
         {name: round(statistics.median(values), 1) for name, values in cpu.items()},
+        {name: round(statistics.median(values), 1) for name, values in sql_steps.items()},
     )
 
 
-def _bare_sql(count: int, batch: int) -> float:
-    """Drain the log with the relay's statements as plain SQL, in the relay's batches."""
+def _bare_sql(count: int, batch: int) -> tuple[float, dict[str, float]]:
+    """Drain the log with the relay's statements as plain SQL, in the relay's batches.
+
+    Returns the seconds, and the seconds of each step: where the floor goes.
+    """
     from django.db import connection, transaction
 
     table, heads, entries = "eventbus_eventrecord", "eventbus_streamhead", "eventbus_streamentry"
     pg = connection.vendor == "postgresql"
+    steps: dict[str, float] = dict.fromkeys(
+        ("mark delivered", "claim", "lock heads", "positions", "commit"), 0.0
+    )
     start = time.perf_counter()
     done: list[Any] = []
     left = count
     while True:
+        step = time.perf_counter()
+        commit_started = 0.0
         with transaction.atomic(), connection.cursor() as cursor:
             if done:
                 marks = "id = ANY(%s)" if pg else f"id IN ({', '.join(['%s'] * len(done))})"
@@ -273,7 +288,9 @@ def _bare_sql(count: int, batch: int) -> float:
                     f"next_attempt_at = NULL, last_error = '' WHERE {marks}",
                     [done] if pg else done,
                 )
+                step = _lap(steps, "mark delivered", step)
             if left <= 0:
+                commit_started = time.perf_counter()
                 break
             due = (
                 f"SELECT id, sequence, timestamp FROM {table} WHERE status = 'pending' "
@@ -301,6 +318,7 @@ def _bare_sql(count: int, batch: int) -> float:
                     [base, batch],
                 )
             rows = cursor.fetchall()
+            step = _lap(steps, "claim", step)
             left -= len(rows)
             done = [event_id for event_id, _ in rows]
             channels = sorted({f"eventbus.project.{project}" for _, project in rows})
@@ -318,6 +336,7 @@ def _bare_sql(count: int, batch: int) -> float:
                     [(channel,) for channel in new],
                 )
                 last.update(dict.fromkeys(new, 0))
+            step = _lap(steps, "lock heads", step)
             rows_in = []
             for event_id, project in rows:
                 channel = f"eventbus.project.{project}"
@@ -341,7 +360,17 @@ def _bare_sql(count: int, batch: int) -> float:
                     f"INSERT INTO {entries} (channel, position, event_id) VALUES (%s, %s, %s)",
                     rows_in,
                 )
-    return time.perf_counter() - start
+            _lap(steps, "positions", step)
+            commit_started = time.perf_counter()
+        _lap(steps, "commit", commit_started)
+    _lap(steps, "commit", commit_started)
+    return time.perf_counter() - start, steps
+
+
+def _lap(steps: dict[str, float], name: str, since: float) -> float:
+    now = time.perf_counter()
+    steps[name] += now - since
+    return now
 
 
 if __name__ == "__main__":

@@ -126,6 +126,12 @@ def test_relay_benchmark_runs(redis_server, layer):
     [result] = run_bench("bench.relay_redis", "--layer", layer)
     assert result["layer"] == layer and result["unit"] == "events/s"
     assert result["limit"] > 0  # the relay into a sink that does nothing
+    # The floor's steps, each timed: in one round (--quick) together no more than the
+    # floor's own time per event (each is rounded to 0.1 µs).
+    steps = result["bare_sql_us_per_event"]
+    assert set(steps) == {"mark delivered", "claim", "lock heads", "positions", "commit"}
+    assert min(steps.values()) > 0
+    assert sum(steps.values()) <= 1e6 / result["bare_sql"] + 0.5
     if layer == "pubsub":  # subscribers in another process got every message
         assert result["received_by_subscribers"] == result["sent_to_subscribers"]
 
