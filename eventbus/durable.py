@@ -22,7 +22,7 @@ import logging
 import traceback
 import weakref
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager, nullcontext, suppress
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, cast
@@ -311,13 +311,20 @@ def _claim_in_one_trip(connection: BaseDatabaseWrapper, claim: str, params: list
     SET LOCAL, the claim, COMMIT), each about a tenth of a millisecond against a run's
     few (bench.durable)."""
     with connection.cursor() as cursor:
+        # The BEGIN psycopg sends itself carries OPTIONS["isolation_level"]; so does ours.
+        level = connection.connection.isolation_level
+        begin = (
+            "BEGIN" if level is None else f"BEGIN ISOLATION LEVEL {level.name.replace('_', ' ')}"
+        )
         try:
-            cursor.execute(f"BEGIN; SET LOCAL synchronous_commit TO OFF; {claim}; COMMIT", params)
-        except Exception:
-            # A statement that failed leaves the string's transaction open and aborted:
-            # end it, or the connection refuses every later query.
-            with suppress(Exception):
+            cursor.execute(f"{begin}; SET LOCAL synchronous_commit TO OFF; {claim}; COMMIT", params)
+        except BaseException:
+            # A statement that failed (or was interrupted) leaves the string's transaction
+            # open and aborted: end it, or the connection refuses every later query.
+            try:
                 cursor.execute("ROLLBACK")
+            except Exception:
+                connection.close()  # gone: Django's next use reconnects, as atomic's would
             raise
         cursor.nextset()  # BEGIN's result, then SET's: the claim's is third
         cursor.nextset()
@@ -515,9 +522,19 @@ class _RunStatements:
 
 
 def _many_statements_per_execute(connection: BaseDatabaseWrapper) -> bool:
+    """Whether this database's cursors bind on the client (psycopg 3's ClientCursor, what
+    Django uses unless told otherwise): only they take several statements in one execute."""
     from django.db.backends.postgresql.psycopg_any import is_psycopg3
 
-    return is_psycopg3 and not connection.settings_dict["OPTIONS"].get("server_side_binding")
+    if not is_psycopg3:
+        return False
+    import psycopg
+
+    options = connection.settings_dict["OPTIONS"]
+    factory = options.get("cursor_factory")  # Django's choice of cursor is then not made
+    if factory is not None:
+        return isinstance(factory, type) and issubclass(factory, psycopg.ClientCursor)
+    return options.get("server_side_binding") is not True
 
 
 @functools.cache

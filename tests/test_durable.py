@@ -6,6 +6,7 @@ processes and faults are in test_durable_workers.py.
 
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
+from types import SimpleNamespace
 from typing import Any
 from uuid import UUID
 
@@ -206,17 +207,27 @@ def test_the_claim_commits_before_the_handler_runs(monkeypatch):
         assert execute(str(run.id)) == "done"
     assert seen == [(RunStatus.RUNNING, 1)]
     claim = _statements(queries)
-    if connection.vendor == "postgresql":  # one round trip: the transaction as one string
+    if connection.vendor == "postgresql" and _claim_sql().claim_in_one_trip:
+        # psycopg 3 binding on the client: the transaction as one string, one round trip
         assert claim[0].startswith(
             'BEGIN; SET LOCAL synchronous_commit TO OFF; UPDATE "eventbus_handlerrun"'
         )
         assert claim[0].endswith("; COMMIT")
+    elif connection.vendor == "postgresql":
+        assert claim[0] == "SET LOCAL synchronous_commit TO OFF"
+        assert claim[1].startswith('UPDATE "eventbus_handlerrun"')
     else:  # a rollback journal: no level is safe to lower, so none is touched
         assert claim[0].startswith('UPDATE "eventbus_handlerrun"')
         assert not [sql for sql in claim if sql.startswith("PRAGMA synchronous =")]
     run.refresh_from_db()
     assert run.status == RunStatus.DONE and run.attempts == 1
     assert effects(event, "audit") == 1
+
+
+def _claim_sql() -> Any:
+    from eventbus.durable import _statements as statements
+
+    return statements(connection.alias)
 
 
 @pytest.mark.postgres
@@ -226,11 +237,10 @@ def test_a_claim_that_fails_leaves_the_connection_usable(monkeypatch):
     in it must not leave the connection in an aborted transaction for the next run."""
     from psycopg.pq import TransactionStatus
 
-    from eventbus.durable import _statements as statements
-
     event = pay()
     run = run_of(event, "audit")
-    run_sql = statements(connection.alias)
+    run_sql = _claim_sql()
+    assert run_sql.claim_in_one_trip
     broken = run_sql.claim.replace('"eventbus_handlerrun"', '"eventbus_no_such_table"', 1)
     monkeypatch.setattr(run_sql, "claim", broken)
     with pytest.raises(ProgrammingError, match="eventbus_no_such_table"):
@@ -239,6 +249,48 @@ def test_a_claim_that_fails_leaves_the_connection_usable(monkeypatch):
     monkeypatch.undo()
     assert execute(str(run.id)) == "done"  # the same connection, the next run
     assert effects(event, "audit") == 1
+
+
+@pytest.mark.postgres
+@pytest.mark.django_db(transaction=True)
+def test_the_one_string_claim_begins_at_the_configured_isolation_level():
+    """psycopg puts OPTIONS["isolation_level"] in the BEGIN it sends; the claim's own
+    BEGIN must say the same, or step 1 would run at the server's default."""
+    from psycopg import IsolationLevel
+
+    event = pay()
+    run = run_of(event, "audit")
+    connection.ensure_connection()
+    raw = connection.connection
+    raw.isolation_level = IsolationLevel.REPEATABLE_READ  # as Django sets it from OPTIONS
+    try:
+        with CaptureQueriesContext(connection) as queries:
+            assert execute(str(run.id)) == "done"
+    finally:
+        raw.isolation_level = None
+    claim = _statements(queries)
+    assert claim[0].startswith("BEGIN ISOLATION LEVEL REPEATABLE READ; SET LOCAL")
+
+
+def test_only_cursors_that_bind_on_the_client_take_the_claim_in_one_string():
+    """The one-string claim needs psycopg 3's ClientCursor (Django's default); a cursor
+    that binds on the server takes one statement per execute."""
+    import psycopg
+
+    from eventbus.durable import _many_statements_per_execute
+
+    class Client(psycopg.ClientCursor):  # type: ignore[type-arg]
+        pass
+
+    def takes(**options: Any) -> bool:
+        return _many_statements_per_execute(SimpleNamespace(settings_dict={"OPTIONS": options}))
+
+    assert takes()
+    assert takes(server_side_binding=False)
+    assert not takes(server_side_binding=True)
+    assert not takes(cursor_factory=psycopg.Cursor)
+    assert takes(cursor_factory=Client)
+    assert takes(cursor_factory=Client, server_side_binding=True)  # the factory decides
 
 
 def _statements(queries: CaptureQueriesContext) -> list[str]:
