@@ -218,7 +218,9 @@ def _execute(run_id: str, dispatcher: EventDispatcher | None, force: bool) -> tu
     run_key = sql.key(run_id, connection)
     # Step 1, committed on its own: the attempt counts, and operators see it running,
     # even if this worker dies before the end.
-    claimed = _claim(sql, sql.claim_params(run_key, timezone.now(), force, connection), alias)
+    claimed, read = _claim(
+        sql, sql.claim_params(run_key, timezone.now(), force, connection), run_key, alias
+    )
     if not claimed:
         row = (
             HandlerRun.objects.using(alias)
@@ -229,7 +231,7 @@ def _execute(run_id: str, dispatcher: EventDispatcher | None, force: bool) -> tu
         why = "the run no longer exists" if row is None else f"the run is {row[0]}"
         logger.info("Durable run %s skipped: %s", run_id, why)
         return f"skipped: {why}", "" if row is None else row[1]
-    loaded = _load(sql, run_key, dispatcher, alias)
+    loaded = _load(sql, run_key, dispatcher, alias, read)
     if loaded.handler is None or loaded.event is None:
         _end(loaded.run, alias, dead=True, error=loaded.problem, trace="")
         return "dead", loaded.run.handler
@@ -278,8 +280,13 @@ def _running(run: HandlerRun, event: Event[Any]) -> Iterator[None]:
         _current_event.reset(event_token)
 
 
-def _claim(sql: _RunStatements, params: list[Any], alias: str) -> int:
-    """Step 1 in a transaction of its own: how many runs it claimed (0 or 1).
+# The run's row was not read with its claim: :meth:`_RunStatements.load` reads it.
+_UNREAD: Any = object()
+
+
+def _claim(sql: _RunStatements, params: list[Any], run_key: Any, alias: str) -> tuple[int, Any]:
+    """Step 1 in a transaction of its own: how many runs it claimed (0 or 1), and the
+    run's row for :func:`_load` when it was read in the same round trip (else ``_UNREAD``).
 
     Its commit does not wait for the disk where the database can say so for one
     transaction: a worker that dies loses nothing (the commit is in the server's or the
@@ -291,25 +298,27 @@ def _claim(sql: _RunStatements, params: list[Any], alias: str) -> int:
         # The caller's transaction: it commits with it, at the caller's level.
         with connection.cursor() as cursor:
             cursor.execute(sql.claim, params)
-            return int(cursor.rowcount)
+            return int(cursor.rowcount), _UNREAD
     if sql.claim_commits_later:
         # PostgreSQL: this transaction's commit returns before its WAL is flushed; the
         # WAL writer flushes it within 3 x wal_writer_delay.
         if sql.claim_in_one_trip:
-            return _claim_in_one_trip(connection, sql.claim, params)
+            return _claim_in_one_trip(connection, sql, params, run_key)
         with transaction.atomic(using=alias), connection.cursor() as cursor:
             cursor.execute("SET LOCAL synchronous_commit TO OFF")
             cursor.execute(sql.claim, params)
-            return int(cursor.rowcount)
+            return int(cursor.rowcount), _UNREAD
     with _sqlite_unsynced(connection), connection.cursor() as cursor:
         cursor.execute(sql.claim, params)
-        return int(cursor.rowcount)
+        return int(cursor.rowcount), _UNREAD
 
 
-def _claim_in_one_trip(connection: BaseDatabaseWrapper, claim: str, params: list[Any]) -> int:
-    """Step 1 on PostgreSQL as one query string: one round trip instead of four (BEGIN,
-    SET LOCAL, the claim, COMMIT), each about a tenth of a millisecond against a run's
-    few (bench.durable)."""
+def _claim_in_one_trip(
+    connection: BaseDatabaseWrapper, sql: _RunStatements, params: list[Any], run_key: Any
+) -> tuple[int, Any]:
+    """Step 1 on PostgreSQL as one query string, and the run's row read after its commit:
+    one round trip instead of five (BEGIN, SET LOCAL, the claim, COMMIT, the load), each
+    about a tenth of a millisecond against a run's few (bench.durable)."""
     with connection.cursor() as cursor:
         # The BEGIN psycopg sends itself carries OPTIONS["isolation_level"]; so does ours.
         level = connection.connection.isolation_level
@@ -317,7 +326,11 @@ def _claim_in_one_trip(connection: BaseDatabaseWrapper, claim: str, params: list
             "BEGIN" if level is None else f"BEGIN ISOLATION LEVEL {level.name.replace('_', ' ')}"
         )
         try:
-            cursor.execute(f"{begin}; SET LOCAL synchronous_commit TO OFF; {claim}; COMMIT", params)
+            cursor.execute(
+                f"{begin}; SET LOCAL synchronous_commit TO OFF; {sql.claim}; COMMIT; "
+                + sql.load_sql,
+                [*params, run_key],
+            )
         except BaseException:
             # A statement that failed (or was interrupted) leaves the string's transaction
             # open and aborted: end it, or the connection refuses every later query.
@@ -328,7 +341,10 @@ def _claim_in_one_trip(connection: BaseDatabaseWrapper, claim: str, params: list
             raise
         cursor.nextset()  # BEGIN's result, then SET's: the claim's is third
         cursor.nextset()
-        return int(cursor.rowcount)
+        claimed = int(cursor.rowcount)
+        cursor.nextset()  # COMMIT's, then the load's
+        cursor.nextset()
+        return claimed, cursor.fetchone()
 
 
 @contextmanager
@@ -381,8 +397,14 @@ def _wal_sync_level(connection: BaseDatabaseWrapper) -> int | None:
     return restore
 
 
-def _load(sql: _RunStatements, run_key: Any, dispatcher: EventDispatcher, alias: str) -> _Loaded:
-    run, columns = sql.load(run_key, alias)
+def _load(
+    sql: _RunStatements,
+    run_key: Any,
+    dispatcher: EventDispatcher,
+    alias: str,
+    read: Any = _UNREAD,
+) -> _Loaded:
+    run, columns = sql.load(run_key, alias, read)
     handler = dispatcher.durable_handler(run.event_type, run.handler)
     if handler is None:
         return _Loaded(
@@ -503,12 +525,16 @@ class _RunStatements:
             last.value,
         ]
 
-    def load(self, run_key: Any, alias: str) -> tuple[HandlerRun, tuple[Any, ...] | None]:
-        """The run and its event's columns (None when the event's row is gone)."""
+    def load(
+        self, run_key: Any, alias: str, row: Any = _UNREAD
+    ) -> tuple[HandlerRun, tuple[Any, ...] | None]:
+        """The run and its event's columns (None when the event's row is gone); ``row``:
+        ``load_sql``'s row, when it was read already."""
         connection = connections[alias]
-        with connection.cursor() as cursor:
-            cursor.execute(self.load_sql, [run_key])
-            row = cursor.fetchone()
+        if row is _UNREAD:
+            with connection.cursor() as cursor:
+                cursor.execute(self.load_sql, [run_key])
+                row = cursor.fetchone()
         if row is None:
             raise HandlerRun.DoesNotExist(f"Durable run {run_key} no longer exists.")
         values = list(row)

@@ -208,11 +208,13 @@ def test_the_claim_commits_before_the_handler_runs(monkeypatch):
     assert seen == [(RunStatus.RUNNING, 1)]
     claim = _statements(queries)
     if connection.vendor == "postgresql" and _claim_sql().claim_in_one_trip:
-        # psycopg 3 binding on the client: the transaction as one string, one round trip
+        # psycopg 3 binding on the client: the transaction as one string, and the run
+        # read after its commit, one round trip; step 2's mark comes next
         assert claim[0].startswith(
             'BEGIN; SET LOCAL synchronous_commit TO OFF; UPDATE "eventbus_handlerrun"'
         )
-        assert claim[0].endswith("; COMMIT")
+        assert '; COMMIT; SELECT "eventbus_handlerrun"."id"' in claim[0]
+        assert claim[1].startswith('UPDATE "eventbus_handlerrun" SET "status"')
     elif connection.vendor == "postgresql":
         assert claim[0] == "SET LOCAL synchronous_commit TO OFF"
         assert claim[1].startswith('UPDATE "eventbus_handlerrun"')
