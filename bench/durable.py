@@ -611,7 +611,7 @@ class Statements:
                 self.task += 1
             writes = sql.lstrip().split(None, 1)[0].upper() in ("INSERT", "UPDATE", "DELETE")
             # A whole transaction in one string (the claim on PostgreSQL) commits too.
-            whole = sql.startswith("BEGIN;") and sql.rstrip().endswith("; COMMIT")
+            whole = sql.startswith("BEGIN") and "; COMMIT" in sql
             if whole or (writes and not context["connection"].in_atomic_block):
                 self.commits += 1  # autocommit, or the string's own COMMIT
                 self.units[-1].append("(commit)")
