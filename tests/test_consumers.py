@@ -87,7 +87,13 @@ def subscribed(replayed: int = 0, position: int = 0, channel: str = CHANNEL) -> 
 
 
 def reset(reason: str, position: int, channel: str = CHANNEL) -> dict[str, Any]:
-    return {"type": "reset", "channel": channel, "reason": reason, "epoch": ANY, "position": position}
+    return {
+        "type": "reset",
+        "channel": channel,
+        "reason": reason,
+        "epoch": ANY,
+        "position": position,
+    }
 
 
 async def publish_order(order_id: int, project=PROJECT, **options: Any):
@@ -900,9 +906,7 @@ async def test_bad_resume_points_get_an_error_naming_the_field(member, frame, me
 
 
 @override_settings(EVENTBUS=SETTINGS)
-async def test_an_event_whose_hand_off_failed_is_not_overtaken_by_a_newer_one(
-    member, monkeypatch
-):
+async def test_an_event_whose_hand_off_failed_is_not_overtaken_by_a_newer_one(member, monkeypatch):
     """Issue 11, defects 2 and 3: the older event's send fails and the relay retries it
     later; the newer one goes out at once. The socket still sends them in position
     order (the gap is filled from the log), once each, and a resume from the newer one's

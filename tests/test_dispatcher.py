@@ -498,7 +498,9 @@ class RecordingStages:
     def store(self, event: Event[Any], entry: Any, payload: bytes, using: str | None) -> None:
         self.steps.append(f"store {payload.decode()}")
 
-    async def astore(self, event: Event[Any], entry: Any, payload: bytes, using: str | None) -> None:
+    async def astore(
+        self, event: Event[Any], entry: Any, payload: bytes, using: str | None
+    ) -> None:
         self.store(event, entry, payload, using)
 
     def hand_off(self, event: Event[Any], entry: Any) -> None:

@@ -230,9 +230,7 @@ async def test_a_project_keyed_by_its_own_keys_goes_publish_log_relay_websocket(
     client = await Ws.open(server, session)
     try:
         await client.subscribe(channel)
-        with override_settings(
-            EVENTBUS={**django_settings.EVENTBUS, "HAND_OFF_ON_COMMIT": False}
-        ):
+        with override_settings(EVENTBUS={**django_settings.EVENTBUS, "HAND_OFF_ON_COMMIT": False}):
             first = await apublish(
                 ShopEvent.ORDER_DELETED,
                 {"order_id": 1},

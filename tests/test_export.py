@@ -202,9 +202,7 @@ def test_real_events_and_frames_validate_against_the_schemas(which, request):
         # Nothing the schema does not name (they stay open to additions, so check here);
         # an event published without tracing has no traceparent, the one optional field.
         branch = branch_of(document, public["type"])
-        assert set(public) == set(branch["required"]) == set(branch["properties"]) - {
-            "traceparent"
-        }
+        assert set(public) == set(branch["required"]) == set(branch["properties"]) - {"traceparent"}
         assert set(public["payload"]) == set(payload_def(document, public["type"])["properties"])
         for channel in route(event):
             frames_validator.validate(json.loads(event_frame(channel, raw, 3)))

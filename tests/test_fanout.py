@@ -360,6 +360,8 @@ async def test_a_gap_the_log_cannot_fill_is_a_reset_not_silence(monkeypatch):
             assert (got[1]["id"], got[1]["position"]) == (str(sent.id), 2)
         finally:
             await fanout.leave(channel, member)
+
+
 # -- catching up from the log while live events arrive -------------------------------
 
 

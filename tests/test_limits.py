@@ -98,9 +98,7 @@ async def test_a_user_replaying_from_many_sockets_does_not_hold_up_another_users
 __all__ = ["member"]  # the fixture, shared with test_consumers
 
 
-@override_settings(
-    EVENTBUS={**SETTINGS, "RESUME_MAX_EVENTS": 5, "WS_REPLAY_EVENTS_PER_MINUTE": 6}
-)
+@override_settings(EVENTBUS={**SETTINGS, "RESUME_MAX_EVENTS": 5, "WS_REPLAY_EVENTS_PER_MINUTE": 6})
 async def test_a_client_that_keeps_replaying_gets_a_reset_instead_of_more_replays(member):
     """Past its replay budget (a burst of two full replays, then the per-minute rate) a
     client's resume is answered with a reset at the head: it reloads, costing no replay."""

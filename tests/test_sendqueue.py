@@ -26,7 +26,9 @@ class Socket:
 
 def queue_for(socket: Socket, limit: int = 3, timeout: float = 5.0) -> tuple[SendQueue, list[bool]]:
     failures: list[bool] = []
-    return SendQueue(socket.send, limit=limit, timeout=timeout, on_failure=failures.append), failures
+    return SendQueue(
+        socket.send, limit=limit, timeout=timeout, on_failure=failures.append
+    ), failures
 
 
 async def test_frames_go_out_in_order_even_when_sends_wait():

@@ -284,4 +284,6 @@ def test_a_worker_killed_mid_flow_still_opens_exactly_one_ticket_per_triage(demo
     assert HandlerRun.objects.filter(status=RunStatus.DONE).count() == triages
     titles = list(Ticket.objects.values_list("title", flat=True))
     assert sorted(titles) == sorted(f"triage {n}" for n in range(triages))
-    print(f"opened {opened_before_kill} of {triages} tickets before the SIGKILL; {len(titles)} after")
+    print(
+        f"opened {opened_before_kill} of {triages} tickets before the SIGKILL; {len(titles)} after"
+    )
