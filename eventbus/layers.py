@@ -99,12 +99,22 @@ async def _concurrent_group_send(layer: Any, sends: Sequence[tuple[str, dict[str
                 raise result
 
 
+def group_host(layer: Any, group: str) -> int:
+    """The index, in the layer's ``hosts``, of the host channels_redis keeps ``group`` on
+    (its members, or its pub/sub channel): what else belongs to the group goes there too."""
+    if hasattr(layer, "consistent_hash"):  # RedisChannelLayer
+        return int(layer.consistent_hash(group))
+    loop_layer = layer._get_layer()  # RedisPubSubChannelLayer
+    shard = loop_layer._get_shard(loop_layer._get_group_channel_name(group))
+    return int(loop_layer._shards.index(shard))
+
+
 async def _core_group_send_many(layer: Any, sends: Sequence[tuple[str, dict[str, Any]]]) -> None:
     now = int(time.time())
     host_of: dict[str, int] = {}
     for group in dict.fromkeys(group for group, _ in sends):
         layer.require_valid_group_name(group)
-        host_of[group] = layer.consistent_hash(group)
+        host_of[group] = group_host(layer, group)
     sends_by_host: dict[int, list[tuple[str, dict[str, Any]]]] = defaultdict(list)
     for group, message in sends:
         sends_by_host[host_of[group]].append((group, message))
@@ -185,9 +195,7 @@ async def _pubsub_group_send_many(layer: Any, sends: Sequence[tuple[str, dict[st
     loop_layer = layer._get_layer()
     shard_of: dict[str, tuple[int, str]] = {}
     for group in dict.fromkeys(group for group, _ in sends):
-        group_channel = loop_layer._get_group_channel_name(group)
-        index = loop_layer._shards.index(loop_layer._get_shard(group_channel))
-        shard_of[group] = (index, group_channel)
+        shard_of[group] = (group_host(layer, group), loop_layer._get_group_channel_name(group))
     by_shard: dict[int, list[tuple[str, bytes]]] = defaultdict(list)
     for group, message in sends:
         index, group_channel = shard_of[group]

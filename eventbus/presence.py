@@ -11,6 +11,9 @@ with several connections is one present user. Per channel, in Redis (keys
 - ``version``: a counter, raised by every join and leave (started from Redis's clock, so
   it keeps growing across a Redis restart).
 
+On a sharded layer (several ``hosts``) a channel's keys live on the host that keeps the
+channel's group (:func:`eventbus.layers.group_host`).
+
 One Lua script does every step (join, leave, heartbeat, read), so it is atomic: a
 user's ``join`` is reported when its first connection arrives and its ``leave`` when
 its last one goes, exactly once, whichever server processes they were on. Every run
@@ -46,7 +49,7 @@ from django.utils.module_loading import import_string
 from . import conf
 from ._asyncio import PerLoopAndLayer
 from .exceptions import PresenceError, PresenceHookError
-from .layers import group_send_many
+from .layers import group_host, group_send_many
 from .metrics import get_metrics
 from .reconnect import log_layer_error
 
@@ -236,14 +239,16 @@ def _text(value: Any) -> str:
 
 
 class RedisStore:
-    """Presence in the Redis of a channels_redis layer (its first host)."""
+    """Presence in the Redis of a channels_redis layer: a channel's on the host that keeps
+    the channel's group, so a sharded layer spreads it and one shard's death takes only
+    its own channels' presence (with their delivery), rebuilt by the heartbeats."""
 
-    def __init__(self, client_factory: Callable[[], Any]) -> None:
-        self._client_factory = client_factory
+    def __init__(self, client_for: Callable[[str], Any]) -> None:
+        self._client_for = client_for  # channel -> a client on its host
         self._script: Any = None
 
     async def _run(self, channel: str, op: str, ttl: float, *args: str) -> Any:
-        client = self._client_factory()
+        client = self._client_for(channel)
         if self._script is None:
             self._script = client.register_script(_SCRIPT)
         base = f"{KEY_PREFIX}{{{channel}}}:"
@@ -368,9 +373,9 @@ def store_for(layer: BaseChannelLayer) -> Store:
         return redis_store
     if kind == "channels_redis.core.RedisChannelLayer":
         # The layer's own client for the running event loop (it owns the pools).
-        redis_store = RedisStore(lambda: layer.connection(0))
+        redis_store = RedisStore(lambda channel: layer.connection(group_host(layer, channel)))
     elif kind == "channels_redis.pubsub.RedisPubSubChannelLayer":
-        redis_store = RedisStore(_pubsub_client_factory(layer))
+        redis_store = RedisStore(_pubsub_clients(layer))
     else:
         raise PresenceError(
             f"Presence needs a channels_redis layer or the InMemoryChannelLayer, not {kind}."
@@ -379,19 +384,23 @@ def store_for(layer: BaseChannelLayer) -> Store:
     return redis_store
 
 
-def _pubsub_client_factory(layer: Any) -> Callable[[], Any]:
-    """A client per event loop on the pub/sub layer's first host (it has no shared one)."""
+def _pubsub_clients(layer: Any) -> Callable[[str], Any]:
+    """A client per event loop and host of the pub/sub layer (it has no shared one); a
+    channel's is on the host of its group."""
     from channels_redis.utils import create_pool, decode_hosts
     from redis import asyncio as aioredis
 
-    host = decode_hosts(layer._kwargs.get("hosts"))[0]
-    clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Any] = weakref.WeakKeyDictionary()
+    hosts = decode_hosts(layer._kwargs.get("hosts"))
+    clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[int, Any]] = (
+        weakref.WeakKeyDictionary()
+    )
 
-    def client() -> Any:
-        loop = asyncio.get_running_loop()
-        if loop not in clients:
-            clients[loop] = aioredis.Redis(connection_pool=create_pool(host))
-        return clients[loop]
+    def client(channel: str) -> Any:
+        index = group_host(layer, channel)
+        on_loop = clients.setdefault(asyncio.get_running_loop(), {})
+        if index not in on_loop:
+            on_loop[index] = aioredis.Redis(connection_pool=create_pool(hosts[index]))
+        return on_loop[index]
 
     return client
 

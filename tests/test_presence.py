@@ -2,6 +2,7 @@
 consumer's presence frames, and ``bus.presence()``."""
 
 import asyncio
+import contextlib
 import json
 import logging
 from collections.abc import AsyncIterator, Iterator
@@ -9,12 +10,21 @@ from typing import Any
 from uuid import uuid4
 
 import pytest
+import redis
 import redis.asyncio as aioredis
 from django.test import override_settings
+from django.utils.module_loading import import_string
 
 from eventbus.bus import EventBus, get_event_bus
 from eventbus.exceptions import PresenceError, PresenceHookError
-from eventbus.presence import MAX_INFO_BYTES, MemoryStore, RedisStore, info_json
+from eventbus.presence import (
+    MAX_INFO_BYTES,
+    MemoryStore,
+    PresenceTracker,
+    RedisStore,
+    info_json,
+    store_for,
+)
 from tests.test_consumers import Client
 from tests.testapp.models import Membership
 
@@ -39,7 +49,7 @@ async def store(request: pytest.FixtureRequest) -> AsyncIterator[Any]:
     url = request.getfixturevalue("redis_url")
     client = aioredis.Redis.from_url(url)
     try:
-        yield RedisStore(lambda: client)
+        yield RedisStore(lambda channel: client)
     finally:
         await client.aclose()
 
@@ -91,7 +101,7 @@ async def test_a_heartbeat_renews_and_an_expired_connection_leaves_once(store):
 async def test_redis_keeps_nothing_once_everyone_left(redis_url):
     client = aioredis.Redis.from_url(redis_url)
     try:
-        store = RedisStore(lambda: client)
+        store = RedisStore(lambda channel: client)
         await store.join(CHANNEL, [("c1", "1", "{}")], 30)
         await store.leave(CHANNEL, ["c1"])
         # Only the version counter stays (an hour), so versions keep growing.
@@ -460,3 +470,91 @@ async def test_a_python_subscription_passes_over_presence_messages():
             assert (await asyncio.wait_for(anext(events), 5)).id == event.id
         finally:
             await tracker.leave(CHANNEL, "py-1")
+
+
+# -- a sharded layer (several hosts) -----------------------------------------------------------
+
+
+def _holders(servers: list[Any], channels: list[str], names: Any) -> dict[str, int]:
+    """The index of the server whose ``names(client)`` mention each channel."""
+    held: dict[str, int] = {}
+    for index, server in enumerate(servers):
+        client = server.client()
+        try:
+            found = [name.decode() for name in names(client)]
+        finally:
+            client.close()
+        for channel in channels:
+            if any(channel in name for name in found):
+                assert channel not in held, f"{channel} on two hosts"
+                held[channel] = index
+    return held
+
+
+def presence_hosts(servers: list[Any], channels: list[str]) -> dict[str, int]:
+    return _holders(servers, channels, lambda c: list(c.scan_iter("eventbus:presence:*:conns")))
+
+
+def group_hosts(servers: list[Any], channels: list[str]) -> dict[str, int]:
+    """Where channels_redis keeps each channel's group, asked of the servers: the core
+    layer's member set, or the pub/sub layer's subscribed channel."""
+    return _holders(
+        servers,
+        channels,
+        lambda c: [*c.scan_iter("asgi:group:*"), *c.pubsub_channels("asgi__group__*")],
+    )
+
+
+@pytest.mark.redis
+@pytest.mark.parametrize(
+    "backend",
+    ["channels_redis.core.RedisChannelLayer", "channels_redis.pubsub.RedisPubSubChannelLayer"],
+)
+async def test_a_sharded_layer_keeps_each_channels_presence_on_its_groups_host(
+    shard_urls, redis_shards, backend
+):
+    """Presence of a channel lives where the layer keeps the channel's group: spread over
+    the hosts, a dead host costs only its own channels' presence (their delivery is gone
+    with it anyway), and when it comes back empty the next heartbeat fills it again."""
+    layer_class = import_string(backend)
+    layer, reader = layer_class(hosts=shard_urls), layer_class(hosts=shard_urls)
+    channels = [EventBus.get_project_channel(uuid4()) for _ in range(24)]
+    tracker = PresenceTracker(layer)
+    inbox = await reader.new_channel()
+    dead: int | None = None
+    try:
+        for n, channel in enumerate(channels):
+            await reader.group_add(channel, inbox)
+            await tracker.join(channel, f"conn-{n}", "1", '{"name": "ada"}')
+        await asyncio.sleep(0.05)  # pub/sub subscriptions settle
+        where = presence_hosts(redis_shards, channels)
+        assert where == group_hosts(redis_shards, channels)
+        assert len(set(where.values())) == len(redis_shards)  # spread over every host
+        # Each join went to its channel's watchers.
+        joins = [await asyncio.wait_for(reader.receive(inbox), 5) for _ in channels]
+        assert sorted(m["channel"] for m in joins) == sorted(channels)
+
+        dead = where[channels[0]]
+        redis_shards[dead].stop()
+        for channel in channels:
+            if where[channel] == dead:
+                with pytest.raises(redis.ConnectionError):
+                    await store_for(layer).read(channel)
+            else:
+                presence, _ = await store_for(layer).read(channel)
+                assert presence.keys == ["1"]
+        redis_shards[dead].start()  # empty: it keeps nothing on disk
+        await tracker.heartbeat()
+        for channel in channels:
+            presence, _ = await store_for(layer).read(channel)
+            assert [(u.key, u.info) for u in presence.users] == [("1", {"name": "ada"})]
+        assert presence_hosts(redis_shards, channels) == where
+    finally:
+        if dead is not None and not redis_shards[dead].running:
+            redis_shards[dead].start()
+        for n, channel in enumerate(channels):
+            with contextlib.suppress(redis.ConnectionError):
+                await tracker.leave(channel, f"conn-{n}")
+        for each in (layer, reader):
+            with contextlib.suppress(redis.ConnectionError):  # pooled before the restart
+                await each.flush()
