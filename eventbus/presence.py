@@ -39,8 +39,10 @@ import logging
 import time
 import uuid
 import weakref
+from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any, Protocol
 
 from channels.layers import BaseChannelLayer
@@ -168,6 +170,9 @@ class Store(Protocol):
 
     async def read(self, channel: str) -> tuple[Presence, list[Change]]: ...
 
+    def host(self, channel: str) -> int:
+        """Which of the store's hosts keeps ``channel``'s presence."""
+
 
 # KEYS: conns, owners, counts, infos, version. ARGV: op, ttl, then the op's arguments.
 _SCRIPT = """
@@ -243,12 +248,13 @@ class RedisStore:
     the channel's group, so a sharded layer spreads it and one shard's death takes only
     its own channels' presence (with their delivery), rebuilt by the heartbeats."""
 
-    def __init__(self, client_for: Callable[[str], Any]) -> None:
-        self._client_for = client_for  # channel -> a client on its host
+    def __init__(self, host_of: Callable[[str], int], client_on: Callable[[int], Any]) -> None:
+        self.host = host_of  # channel -> the index of its host
+        self._client_on = client_on  # host index -> a client for the running event loop
         self._script: Any = None
 
     async def _run(self, channel: str, op: str, ttl: float, *args: str) -> Any:
-        client = self._client_for(channel)
+        client = self._client_on(self.host(channel))
         if self._script is None:
             self._script = client.register_script(_SCRIPT)
         base = f"{KEY_PREFIX}{{{channel}}}:"
@@ -355,6 +361,9 @@ class MemoryStore:
         )
         return Presence(channel, users, self._version), changes
 
+    def host(self, channel: str) -> int:
+        return 0
+
 
 _memory_stores: weakref.WeakKeyDictionary[Any, MemoryStore] = weakref.WeakKeyDictionary()
 _redis_stores: weakref.WeakKeyDictionary[Any, RedisStore] = weakref.WeakKeyDictionary()
@@ -373,9 +382,9 @@ def store_for(layer: BaseChannelLayer) -> Store:
         return redis_store
     if kind == "channels_redis.core.RedisChannelLayer":
         # The layer's own client for the running event loop (it owns the pools).
-        redis_store = RedisStore(lambda channel: layer.connection(group_host(layer, channel)))
+        redis_store = RedisStore(partial(group_host, layer), layer.connection)
     elif kind == "channels_redis.pubsub.RedisPubSubChannelLayer":
-        redis_store = RedisStore(_pubsub_clients(layer))
+        redis_store = RedisStore(partial(group_host, layer), _pubsub_clients(layer))
     else:
         raise PresenceError(
             f"Presence needs a channels_redis layer or the InMemoryChannelLayer, not {kind}."
@@ -384,22 +393,21 @@ def store_for(layer: BaseChannelLayer) -> Store:
     return redis_store
 
 
-def _pubsub_clients(layer: Any) -> Callable[[str], Any]:
-    """A client per event loop and host of the pub/sub layer (it has no shared one); a
-    channel's is on the host of its group."""
-    from channels_redis.utils import create_pool, decode_hosts
+def _pubsub_clients(layer: Any) -> Callable[[int], Any]:
+    """A client per event loop and host of the pub/sub layer (it has no shared one), on
+    the host its shard of that index connects to."""
+    from channels_redis.utils import create_pool
     from redis import asyncio as aioredis
 
-    hosts = decode_hosts(layer._kwargs.get("hosts"))
     clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[int, Any]] = (
         weakref.WeakKeyDictionary()
     )
 
-    def client(channel: str) -> Any:
-        index = group_host(layer, channel)
+    def client(index: int) -> Any:
         on_loop = clients.setdefault(asyncio.get_running_loop(), {})
         if index not in on_loop:
-            on_loop[index] = aioredis.Redis(connection_pool=create_pool(hosts[index]))
+            host = layer._get_layer()._shards[index].host
+            on_loop[index] = aioredis.Redis(connection_pool=create_pool(host))
         return on_loop[index]
 
     return client
@@ -496,8 +504,16 @@ class PresenceTracker:
 
     async def heartbeat(self) -> None:
         """Renew every connection of this process (joining again what the store lost,
-        after a Redis restart), and announce what that pruned or joined."""
-        channels = list(self._entries.items())
+        after a Redis restart), and announce what that pruned or joined.
+
+        Each host's channels are renewed on their own, all hosts at once: a shard that
+        does not answer holds back its own channels only, not the live shards' users."""
+        by_host: dict[int, list[tuple[str, dict[str, tuple[str, str]]]]] = defaultdict(list)
+        for channel, entries in self._entries.items():
+            by_host[self.store.host(channel)].append((channel, entries))
+        await asyncio.gather(*(self._renew_all(channels) for channels in by_host.values()))
+
+    async def _renew_all(self, channels: list[tuple[str, dict[str, tuple[str, str]]]]) -> None:
         for start in range(0, len(channels), _HEARTBEAT_CONCURRENCY):
             await asyncio.gather(
                 *(

@@ -5,6 +5,8 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
+import signal
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 from uuid import uuid4
@@ -14,9 +16,12 @@ import redis
 import redis.asyncio as aioredis
 from django.test import override_settings
 from django.utils.module_loading import import_string
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from eventbus.bus import EventBus, get_event_bus
 from eventbus.exceptions import PresenceError, PresenceHookError
+from eventbus.layers import group_host
 from eventbus.presence import (
     MAX_INFO_BYTES,
     MemoryStore,
@@ -49,7 +54,7 @@ async def store(request: pytest.FixtureRequest) -> AsyncIterator[Any]:
     url = request.getfixturevalue("redis_url")
     client = aioredis.Redis.from_url(url)
     try:
-        yield RedisStore(lambda channel: client)
+        yield RedisStore(lambda channel: 0, lambda host: client)
     finally:
         await client.aclose()
 
@@ -101,7 +106,7 @@ async def test_a_heartbeat_renews_and_an_expired_connection_leaves_once(store):
 async def test_redis_keeps_nothing_once_everyone_left(redis_url):
     client = aioredis.Redis.from_url(redis_url)
     try:
-        store = RedisStore(lambda channel: client)
+        store = RedisStore(lambda channel: 0, lambda host: client)
         await store.join(CHANNEL, [("c1", "1", "{}")], 30)
         await store.leave(CHANNEL, ["c1"])
         # Only the version counter stays (an hour), so versions keep growing.
@@ -505,6 +510,17 @@ def group_hosts(servers: list[Any], channels: list[str]) -> dict[str, int]:
     )
 
 
+def channels_on_every_host(layer: Any, hosts: int, per_host: int) -> list[str]:
+    """Project channels, at least ``per_host`` of them on each host by the layer's hash."""
+    channels: list[str] = []
+    counts = [0] * hosts
+    while min(counts) < per_host:
+        channel = EventBus.get_project_channel(uuid4())
+        counts[group_host(layer, channel)] += 1
+        channels.append(channel)
+    return channels
+
+
 @pytest.mark.redis
 @pytest.mark.parametrize(
     "backend",
@@ -518,7 +534,7 @@ async def test_a_sharded_layer_keeps_each_channels_presence_on_its_groups_host(
     with it anyway), and when it comes back empty the next heartbeat fills it again."""
     layer_class = import_string(backend)
     layer, reader = layer_class(hosts=shard_urls), layer_class(hosts=shard_urls)
-    channels = [EventBus.get_project_channel(uuid4()) for _ in range(24)]
+    channels = channels_on_every_host(layer, len(shard_urls), per_host=4)
     tracker = PresenceTracker(layer)
     inbox = await reader.new_channel()
     dead: int | None = None
@@ -558,3 +574,59 @@ async def test_a_sharded_layer_keeps_each_channels_presence_on_its_groups_host(
         for each in (layer, reader):
             with contextlib.suppress(redis.ConnectionError):  # pooled before the restart
                 await each.flush()
+
+
+@pytest.mark.redis
+@pytest.mark.parametrize(
+    "backend",
+    ["channels_redis.core.RedisChannelLayer", "channels_redis.pubsub.RedisPubSubChannelLayer"],
+)
+async def test_a_shard_that_does_not_answer_holds_back_only_its_own_channels_renewal(
+    shard_urls, redis_shards, backend, monkeypatch
+):
+    """A frozen host (SIGSTOP: it accepts connections and never answers, as a hung machine
+    does) fails its own channels' renewals at its socket timeout; every other host's
+    channels are renewed before that, however many channels the heartbeat has to cover
+    (it renews 64 at once) and in whatever order they came."""
+    hosts = [
+        {"address": url, "socket_timeout": 1, "retry": Retry(NoBackoff(), 0)} for url in shard_urls
+    ]
+    layer = import_string(backend)(hosts=hosts)
+    tracker = PresenceTracker(layer)
+    frozen = 0
+    # The frozen host's channels first: the order in which one batch would hold the rest.
+    channels = sorted(
+        channels_on_every_host(layer, len(hosts), per_host=70),
+        key=lambda channel: group_host(layer, channel) != frozen,
+    )
+    for n, channel in enumerate(channels):
+        await tracker.join(channel, f"conn-{n}", "1", "{}")
+    ended: list[tuple[str, bool]] = []  # each renewal, as it ended: (channel, succeeded)
+    join = tracker.store.join
+
+    async def recorded(channel: str, entries: Any, ttl: float) -> Any:
+        try:
+            changes = await join(channel, entries, ttl)
+        except Exception:
+            ended.append((channel, False))
+            raise
+        ended.append((channel, True))
+        return changes
+
+    monkeypatch.setattr(tracker.store, "join", recorded)
+    os.kill(redis_shards[frozen].pid, signal.SIGSTOP)
+    try:
+        await tracker.heartbeat()
+    finally:
+        os.kill(redis_shards[frozen].pid, signal.SIGCONT)
+        monkeypatch.undo()
+        for n, channel in enumerate(channels):
+            with contextlib.suppress(redis.RedisError):
+                await tracker.leave(channel, f"conn-{n}")
+        with contextlib.suppress(redis.RedisError):
+            await layer.flush()
+    on_frozen = {channel for channel in channels if group_host(layer, channel) == frozen}
+    first_failure = [succeeded for _, succeeded in ended].index(False)
+    assert {channel for channel, _ in ended[:first_failure]} == set(channels) - on_frozen
+    assert {channel for channel, succeeded in ended[first_failure:]} == on_frozen
+    assert not any(succeeded for _, succeeded in ended[first_failure:])
