@@ -630,3 +630,23 @@ async def test_a_shard_that_does_not_answer_holds_back_only_its_own_channels_ren
     assert {channel for channel, _ in ended[:first_failure]} == set(channels) - on_frozen
     assert {channel for channel, succeeded in ended[first_failure:]} == on_frozen
     assert not any(succeeded for _, succeeded in ended[first_failure:])
+
+
+@pytest.mark.redis
+async def test_the_pub_sub_store_finds_hosts_given_positionally(shard_urls):
+    """``RedisPubSubChannelLayer(hosts)`` without the keyword: the store connects where the
+    layer's shards do, not to the default host."""
+    from channels_redis.pubsub import RedisPubSubChannelLayer
+
+    layer = RedisPubSubChannelLayer(shard_urls)
+    store = store_for(layer)
+    channels = channels_on_every_host(layer, len(shard_urls), per_host=1)
+    try:
+        for n, channel in enumerate(channels):
+            await store.join(channel, [(f"conn-{n}", "1", "{}")], 30)
+            presence, _ = await store.read(channel)
+            assert presence.keys == ["1"]
+    finally:
+        for n, channel in enumerate(channels):
+            await store.leave(channel, [f"conn-{n}"])
+        await layer.flush()
