@@ -249,9 +249,12 @@ class RedisStore:
     its own channels' presence (with their delivery), rebuilt by the heartbeats."""
 
     def __init__(self, host_of: Callable[[str], int], client_on: Callable[[int], Any]) -> None:
-        self.host = host_of  # channel -> the index of its host
+        self._host_of = host_of  # channel -> the index of its host
         self._client_on = client_on  # host index -> a client for the running event loop
         self._script: Any = None
+
+    def host(self, channel: str) -> int:
+        return self._host_of(channel)
 
     async def _run(self, channel: str, op: str, ttl: float, *args: str) -> Any:
         client = self._client_on(self.host(channel))
@@ -464,6 +467,7 @@ class PresenceTracker:
         self.store = store_for(layer)
         self._entries: dict[str, dict[str, tuple[str, str]]] = {}
         self._task: asyncio.Task[None] | None = None
+        self._passes: dict[int, asyncio.Task[None]] = {}  # host -> its renewal under way
 
     @property
     def ttl(self) -> float:
@@ -500,18 +504,32 @@ class PresenceTracker:
     async def _run(self) -> None:
         while self._entries:
             await asyncio.sleep(conf.get_settings().PRESENCE_HEARTBEAT_SECONDS)
-            await self.heartbeat()
+            self._start_passes()  # not waited for: a hung host must not delay the next beat
 
     async def heartbeat(self) -> None:
         """Renew every connection of this process (joining again what the store lost,
-        after a Redis restart), and announce what that pruned or joined.
+        after a Redis restart), announce what that pruned or joined, and wait for it."""
+        await asyncio.gather(*self._start_passes())
 
-        Each host's channels are renewed on their own, all hosts at once: a shard that
-        does not answer holds back its own channels only, not the live shards' users."""
+    def _start_passes(self) -> list[asyncio.Task[None]]:
+        """A renewal pass per host, all hosts at once, none for a host whose last pass is
+        still running: a host that does not answer holds back its own channels only, beat
+        after beat, never the live hosts' users."""
         by_host: dict[int, list[tuple[str, dict[str, tuple[str, str]]]]] = defaultdict(list)
         for channel, entries in self._entries.items():
-            by_host[self.store.host(channel)].append((channel, entries))
-        await asyncio.gather(*(self._renew_all(channels) for channels in by_host.values()))
+            try:
+                host = self.store.host(channel)
+            except Exception as exc:
+                log_layer_error(logger, exc, "Presence heartbeat for %s failed", channel)
+                continue
+            by_host[host].append((channel, entries))
+        passes = []
+        for host, channels in by_host.items():
+            running = self._passes.get(host)
+            if running is None or running.done():
+                running = self._passes[host] = asyncio.create_task(self._renew_all(channels))
+            passes.append(running)
+        return passes
 
     async def _renew_all(self, channels: list[tuple[str, dict[str, tuple[str, str]]]]) -> None:
         for start in range(0, len(channels), _HEARTBEAT_CONCURRENCY):

@@ -633,20 +633,58 @@ async def test_a_shard_that_does_not_answer_holds_back_only_its_own_channels_ren
 
 
 @pytest.mark.redis
-async def test_the_pub_sub_store_finds_hosts_given_positionally(shard_urls):
+async def test_the_pub_sub_store_finds_hosts_given_positionally(shard_urls, redis_shards):
     """``RedisPubSubChannelLayer(hosts)`` without the keyword: the store connects where the
     layer's shards do, not to the default host."""
     from channels_redis.pubsub import RedisPubSubChannelLayer
 
     layer = RedisPubSubChannelLayer(shard_urls)
     store = store_for(layer)
-    channels = channels_on_every_host(layer, len(shard_urls), per_host=1)
+    channels = channels_on_every_host(layer, len(shard_urls), per_host=2)
     try:
         for n, channel in enumerate(channels):
             await store.join(channel, [(f"conn-{n}", "1", "{}")], 30)
             presence, _ = await store.read(channel)
             assert presence.keys == ["1"]
+        assert presence_hosts(redis_shards, channels) == {
+            channel: group_host(layer, channel) for channel in channels
+        }
     finally:
-        for n, channel in enumerate(channels):
-            await store.leave(channel, [f"conn-{n}"])
         await layer.flush()
+
+
+@pytest.mark.redis
+async def test_a_hung_shard_never_lets_the_live_shards_users_expire(shard_urls, redis_shards):
+    """Beat after beat: the timer does not wait for a host's renewals before the next
+    beat, so while a frozen host spends a socket timeout on each batch of its channels
+    (longer than the TTL in all), the live hosts' users are renewed every beat."""
+    from channels_redis.core import RedisChannelLayer
+
+    hosts = [{"address": url, "socket_timeout": 1} for url in shard_urls]
+    layer = RedisChannelLayer(hosts=hosts)
+    frozen = 0
+    channels = channels_on_every_host(layer, len(hosts), per_host=130)  # 3 batches frozen
+    live = [channel for channel in channels if group_host(layer, channel) != frozen]
+    settings = {**SETTINGS, "PRESENCE_HEARTBEAT_SECONDS": 0.3, "PRESENCE_TTL_SECONDS": 1.5}
+    with override_settings(EVENTBUS=settings):
+        tracker = PresenceTracker(layer)  # its timer starts with the first join
+        for n, channel in enumerate(channels):
+            await tracker.join(channel, f"conn-{n}", "1", "{}")
+        os.kill(redis_shards[frozen].pid, signal.SIGSTOP)
+        gone: set[str] = set()
+        try:
+            deadline = asyncio.get_running_loop().time() + 4.0  # past two TTLs
+            while asyncio.get_running_loop().time() < deadline:
+                for channel in live:
+                    presence, _ = await tracker.store.read(channel)
+                    if presence.keys != ["1"]:
+                        gone.add(channel)
+                await asyncio.sleep(0.2)
+        finally:
+            os.kill(redis_shards[frozen].pid, signal.SIGCONT)
+            for n, channel in enumerate(channels):
+                with contextlib.suppress(redis.RedisError):
+                    await tracker.leave(channel, f"conn-{n}")
+            with contextlib.suppress(redis.RedisError):
+                await layer.flush()
+    assert gone == set()
