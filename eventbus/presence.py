@@ -508,7 +508,8 @@ class PresenceTracker:
 
     async def heartbeat(self) -> None:
         """Renew every connection of this process (joining again what the store lost,
-        after a Redis restart), announce what that pruned or joined, and wait for it."""
+        after a Redis restart), announce what that pruned or joined, and wait for it; a
+        host whose last pass is still running is waited for, not renewed twice."""
         await asyncio.gather(*self._start_passes())
 
     def _start_passes(self) -> list[asyncio.Task[None]]:
