@@ -104,9 +104,13 @@ def group_host(layer: Any, group: str) -> int:
     (its members, or its pub/sub channel): what else belongs to the group goes there too."""
     if hasattr(layer, "consistent_hash"):  # RedisChannelLayer
         return int(layer.consistent_hash(group))
-    loop_layer = layer._get_layer()  # RedisPubSubChannelLayer
-    shard = loop_layer._get_shard(loop_layer._get_group_channel_name(group))
-    return int(loop_layer._shards.index(shard))
+    return _pubsub_shard(layer._get_layer(), group)[0]  # RedisPubSubChannelLayer
+
+
+def _pubsub_shard(loop_layer: Any, group: str) -> tuple[int, str]:
+    """The index of ``group``'s shard in a pub/sub loop layer, and its pub/sub channel."""
+    group_channel = loop_layer._get_group_channel_name(group)
+    return int(loop_layer._shards.index(loop_layer._get_shard(group_channel))), group_channel
 
 
 async def _core_group_send_many(layer: Any, sends: Sequence[tuple[str, dict[str, Any]]]) -> None:
@@ -195,7 +199,7 @@ async def _pubsub_group_send_many(layer: Any, sends: Sequence[tuple[str, dict[st
     loop_layer = layer._get_layer()
     shard_of: dict[str, tuple[int, str]] = {}
     for group in dict.fromkeys(group for group, _ in sends):
-        shard_of[group] = (group_host(layer, group), loop_layer._get_group_channel_name(group))
+        shard_of[group] = _pubsub_shard(loop_layer, group)
     by_shard: dict[int, list[tuple[str, bytes]]] = defaultdict(list)
     for group, message in sends:
         index, group_channel = shard_of[group]
